@@ -1,0 +1,1 @@
+"""`appliance models ...` (placeholder until the model registry lands)."""

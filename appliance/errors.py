@@ -1,0 +1,50 @@
+"""Typed errors with a one-line, human reason: what the user sees in the CLI, API and panel."""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error we report to a user. `str(err)` is the one-line reason."""
+
+    #: Whether retrying the same input can succeed (a full disk can; a corrupt file cannot).
+    transient: bool = False
+
+
+class IntakeError(ApplianceError):
+    """The file itself is unusable. Never retried; the file is kept."""
+
+
+class EmptyFile(IntakeError):
+    pass
+
+
+class UnsupportedType(IntakeError):
+    pass
+
+
+class CorruptFile(IntakeError):
+    pass
+
+
+class TooLarge(IntakeError):
+    pass
+
+
+class DecompressionBomb(IntakeError):
+    pass
+
+
+class TooManyPages(IntakeError):
+    pass
+
+
+class ModelError(ApplianceError):
+    """A model is missing, corrupt or cannot be loaded from its local directory."""
+
+
+class ExtractionFailed(ApplianceError):
+    """The model's structured output did not validate, even after the repair retry."""
+
+
+class InvalidRequest(ApplianceError):
+    """A task request is incomplete or inconsistent (e.g. `classify` without labels)."""
