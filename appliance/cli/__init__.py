@@ -31,3 +31,4 @@ def main() -> None:
 
 # Command modules attach themselves to `cli` on import.
 from appliance.cli import commands_models  # noqa: E402,F401
+from appliance.cli import commands_analyze  # noqa: E402,F401
