@@ -54,7 +54,12 @@ def analyze(
     as_json: bool,
 ) -> None:
     """Analyze image, TIFF and PDF files in-process and print the results."""
+    from transformers.utils import logging as hf_logging
+
     from appliance.pipeline import Pipeline  # heavy import (torch): only when needed
+
+    # The CLI promises one line per problem on stderr; library chatter would drown it.
+    hf_logging.set_verbosity_error()
 
     request = build_request(
         task=task,
