@@ -114,7 +114,9 @@ def _train_tokenizer(with_image: bool):  # -> PreTrainedTokenizerFast
 
 
 def _eos_ids(tokenizer) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
+    return [
+        tokenizer.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+    ]
 
 
 def _generation_config(tokenizer):
@@ -135,7 +137,7 @@ def _text_sizes(vocab_size: int) -> dict:
         intermediate_size=128,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=131072,
         rope_theta=500000.0,
         rope_scaling={
             "rope_type": "llama3",
@@ -238,7 +240,7 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _normalise_json(out)
-    # Export from a staging copy so that the torch files' manifest is written only once.
+    # One manifest for the folder, written last, lists the torch files and the ONNX export.
     export_onnx(out, out / "onnx", write_manifests=False)
     _normalise_json(out / "onnx")
     write_manifest(out, SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM")

@@ -115,6 +115,11 @@ def _print(path: Path, result: AnalysisResult, as_json: bool) -> None:
     many = len(result.pages) > 1
     for page in result.pages:
         label = f"{path} [page {page.page}/{len(result.pages)}]" if many else str(path)
-        click.echo(f"{label}: {page.text}")
+        click.echo(f"{label}: {_indent(page.text)}")
     if result.summary is not None:
-        click.echo(f"{path} [summary]: {result.summary}")
+        click.echo(f"{path} [summary]: {_indent(result.summary)}")
+
+
+def _indent(text: str) -> str:
+    # Continuation lines are indented so every unindented line starts with the file it is about.
+    return text.strip().replace("\n", "\n    ")

@@ -1,0 +1,185 @@
+"""Llama 3.2 Vision (Mllama) inference: one loader for the real 11B weights and the tiny ones."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from appliance.engines.common import (
+    Generation,
+    GenParams,
+    PrefillClock,
+    cut_at_eos,
+    eos_ids,
+    greedy_kwargs,
+    resolve_device,
+    resolve_dtype,
+    seed_all,
+    sync,
+    timings,
+)
+from appliance.errors import InvalidRequest, ModelError
+from appliance.models import MANIFEST, load_local, read_manifest
+
+IMAGE_TOKEN = "<|image|>"
+QUANTIZATIONS = ("none", "int8", "int4")
+
+__all__ = ["GenParams", "Generation", "VisionEngine", "quantization_config"]
+
+
+def quantization_config(quantization: str, device: torch.device) -> Any:
+    """Weight-only torchao config for `from_pretrained`, or None for full precision."""
+    if quantization == "none":
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ModelError(
+            f"unknown quantization {quantization!r}; choose {', '.join(QUANTIZATIONS)}"
+        )
+    try:
+        from torchao.quantization import (
+            Int4WeightOnlyConfig,
+            Int8WeightOnlyConfig,
+            IntxWeightOnlyConfig,
+        )
+        from torchao.quantization.granularity import PerGroup
+        from transformers import TorchAoConfig
+    except ImportError as err:
+        raise ModelError(f"quantization {quantization} needs torchao: {err}") from None
+    if quantization == "int8":
+        quant = Int8WeightOnlyConfig()
+    elif device.type == "cuda":
+        # tinygemm's tile-packed layout is the fast int4 kernel on NVIDIA GPUs.
+        quant = Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d")
+    else:
+        # The CUDA int4 layouts have no CPU kernels; intx with int4 weights runs on CPUs.
+        quant = IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
+    return TorchAoConfig(quant_type=quant)
+
+
+class VisionEngine:
+    """A loaded Mllama model and its processor. Build with `VisionEngine.load`."""
+
+    def __init__(self, model: Any, processor: Any, *, name: str, device: torch.device) -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.device = device
+        tokenizer = processor.tokenizer
+        # Batches are padded on the left so every row's next token follows its own prompt.
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = (
+                "<|finetune_right_pad_id|>"
+                if "<|finetune_right_pad_id|>" in tokenizer.get_vocab()
+                else tokenizer.eos_token
+            )
+        self._eos = eos_ids(model.generation_config, tokenizer)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quantization: str = "none",
+    ) -> VisionEngine:
+        from transformers import AutoProcessor, MllamaForConditionalGeneration
+
+        model_dir = Path(model_dir)
+        name = read_manifest(model_dir).name if (model_dir / MANIFEST).is_file() else model_dir.name
+        what = f"vision model {name}"
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        qconf = quantization_config(quantization, dev)
+        if qconf is not None:
+            kwargs["quantization_config"] = qconf
+        if dev.type == "cuda":
+            kwargs["device_map"] = {"": dev.index or 0}
+        processor = load_local(what, model_dir, AutoProcessor.from_pretrained)
+        model = load_local(
+            what, model_dir, MllamaForConditionalGeneration.from_pretrained, **kwargs
+        )
+        if dev.type != "cuda":
+            model = model.to(dev)
+        model.eval()
+        return cls(model, processor, name=name, device=dev)
+
+    def generate(self, image: Image.Image, prompt: str, params: GenParams) -> Generation:
+        return self.generate_batch([image], [prompt], params)[0]
+
+    def build_text(self, prompt: str) -> str:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        template_owner = (
+            self.processor
+            if getattr(self.processor, "chat_template", None)
+            else self.processor.tokenizer
+        )
+        text = template_owner.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        # A prompt without the image marker passes the processor and then fails inside generate.
+        if text.count(IMAGE_TOKEN) != 1:
+            raise ModelError(
+                f"vision model {self.name}: chat template does not place {IMAGE_TOKEN}"
+            )
+        return text
+
+    def generate_batch(
+        self, images: list[Image.Image], prompts: list[str], params: GenParams
+    ) -> list[Generation]:
+        """One padded `generate` call for all rows; results are in input order."""
+        if len(images) != len(prompts):
+            raise InvalidRequest(f"{len(images)} images but {len(prompts)} prompts")
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        texts = [self.build_text(p) for p in prompts]
+        rgb = [[img if img.mode == "RGB" else img.convert("RGB")] for img in images]
+        inputs = self.processor(
+            images=rgb,
+            text=texts,
+            add_special_tokens=False,  # the chat template already starts with BOS
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        sync(self.device)
+        t1 = time.perf_counter()
+
+        clock = PrefillClock(self.device)
+        seed_all(params.seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=params.max_new_tokens,
+                min_new_tokens=params.min_new_tokens or None,
+                logits_processor=[clock],
+                return_dict_in_generate=True,
+                output_logits=params.return_logits,
+                **greedy_kwargs(params),
+            )
+        sync(self.device)
+        t2 = time.perf_counter()
+
+        prompt_len = inputs["input_ids"].shape[1]
+        new = out.sequences[:, prompt_len:].tolist()
+        stamp = timings(t1 - t0, t1, clock, t2, len(images))
+        results = []
+        for row, ids in enumerate(new):
+            ids = cut_at_eos(ids, self._eos)
+            logits = None
+            if params.return_logits and out.logits:
+                steps = min(len(ids) + 1, len(out.logits))
+                logits = torch.stack([out.logits[s][row] for s in range(steps)]).float().cpu()
+            text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            results.append(Generation(text=text, token_ids=ids, timings=dict(stamp), logits=logits))
+        return results

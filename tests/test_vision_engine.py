@@ -1,0 +1,166 @@
+"""VisionEngine on the tiny Mllama: the same loader as for the real 11B weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from appliance.engines.common import Generation
+from appliance.engines.compare import divergence
+from appliance.engines.run import run_task, run_tasks
+from appliance.engines.vision import IMAGE_TOKEN, GenParams, VisionEngine
+from appliance.errors import ApplianceError, ExtractionFailed, ModelError
+from appliance.schema import TaskRequest
+from appliance.settings import Generation as Defaults
+from appliance.tiny import VISION_NAME
+
+TIMING_KEYS = {"preprocess_ms", "prefill_ms", "decode_ms", "tokens_per_s"}
+
+
+class CountingEngine:
+    """Passes every batch to the real engine and records its prompts (calls are not faked)."""
+
+    def __init__(self, engine: VisionEngine) -> None:
+        self.engine = engine
+        self.calls: list[list[str]] = []
+
+    def generate_batch(
+        self, images: list[Image.Image], prompts: list[str], params: GenParams
+    ) -> list[Generation]:
+        self.calls.append(list(prompts))
+        return self.engine.generate_batch(images, prompts, params)
+
+
+def test_loads_through_the_production_loader(vision_engine: VisionEngine) -> None:
+    assert vision_engine.name == VISION_NAME
+    assert vision_engine.device == torch.device("cpu")
+    assert vision_engine.model.dtype == torch.float32
+    text = vision_engine.build_text("What is this?")
+    assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>")
+    assert text.count(IMAGE_TOKEN) == 1 and "What is this?" in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_generates_text_for_a_photograph(vision_engine: VisionEngine, make_photo) -> None:
+    photo = make_photo(seed=1)
+    assert photo.size == (640, 480)
+    gen = vision_engine.generate(photo, "Describe this photo.", GenParams(max_new_tokens=16))
+    assert gen.text.strip()
+    assert 0 < len(gen.token_ids) <= 16
+    assert len(set(gen.token_ids)) > 1  # a real forward pass, not one stuck token
+    assert set(gen.timings) >= TIMING_KEYS
+    assert gen.timings["prefill_ms"] > 0 and gen.timings["decode_ms"] > 0
+    # Greedy decoding is deterministic.
+    again = vision_engine.generate(photo, "Describe this photo.", GenParams(max_new_tokens=16))
+    assert again.token_ids == gen.token_ids
+
+
+def test_output_depends_on_image_and_prompt(vision_engine: VisionEngine, make_photo) -> None:
+    params = GenParams(max_new_tokens=12)
+    a = vision_engine.generate(make_photo(seed=0), "Caption this.", params)
+    b = vision_engine.generate(make_photo(seed=3), "Caption this.", params)
+    c = vision_engine.generate(make_photo(seed=0), "Transcribe the text.", params)
+    assert a.token_ids != b.token_ids
+    assert a.token_ids != c.token_ids
+
+
+def test_batch_equals_single_calls(vision_engine: VisionEngine, make_photo) -> None:
+    images = [
+        make_photo(seed=0),
+        make_photo(seed=1, size=(480, 640)),  # portrait: a different tile layout
+        make_photo(seed=2, size=(1000, 300)),
+        Image.new("L", (200, 200), 128),  # greyscale input is converted
+    ]
+    prompts = [
+        "Caption this.",
+        "What colour is the sky in this photograph? Answer in one word, please.",
+        "Transcribe all text.",
+        "Describe it for a screen reader user.",
+    ]
+    params = GenParams(max_new_tokens=20, return_logits=True)
+    batch = vision_engine.generate_batch(images, prompts, params)
+    singles = [vision_engine.generate(i, p, params) for i, p in zip(images, prompts, strict=True)]
+    assert len(batch) == 4
+    for row, (b, s) in enumerate(zip(batch, singles, strict=True)):
+        assert divergence(b, s) is None, f"row {row}: {divergence(b, s)}"
+        assert b.text == s.text or b.token_ids != s.token_ids
+    assert len({tuple(g.token_ids) for g in batch}) == 4
+
+
+def test_divergence_accepts_only_genuine_near_ties() -> None:
+    logits = torch.zeros(3, 10)
+    logits[:, 5] = 2.0
+    logits[1, 7] = 2.0 - 3e-5  # run a: token 5 wins by a hair
+    a = Generation("a", [5, 5, 5], logits=logits.clone())
+    tied = logits.clone()
+    tied[1, 7] = 2.0 + 3e-5  # run b: token 7 wins by a hair; both logits agree within 1e-4
+    assert divergence(a, Generation("b", [5, 7, 5], logits=tied)) is None
+    clear = logits.clone()
+    clear[1, 7] = 3.0
+    assert "no near tie" in (divergence(a, Generation("c", [5, 7, 5], logits=clear)) or "")
+    assert "no logits" in (divergence(a, Generation("d", [5, 7, 5])) or "")
+
+
+def test_seed_is_honoured_when_sampling(vision_engine: VisionEngine, make_photo) -> None:
+    photo = make_photo(seed=4)
+    sample = GenParams(max_new_tokens=12, temperature=1.5, seed=7)
+    first = vision_engine.generate(photo, "Caption this.", sample)
+    second = vision_engine.generate(photo, "Caption this.", sample)
+    other = vision_engine.generate(photo, "Caption this.", GenParams(12, 1.5, seed=8))
+    assert first.token_ids == second.token_ids
+    assert first.token_ids != other.token_ids
+
+
+def test_run_task_returns_one_result_per_page(vision_engine: VisionEngine, make_photo) -> None:
+    pages = [make_photo(seed=s) for s in range(3)]
+    counting = CountingEngine(vision_engine)
+    results = run_task(
+        counting, pages, TaskRequest(task="ocr", max_new_tokens=8), Defaults(), max_batch=2
+    )
+    assert [r.page for r in results] == [1, 2, 3]
+    assert all(r.text and 0 < r.tokens <= 8 for r in results)
+    assert all(set(r.timings) >= TIMING_KEYS for r in results)
+    assert [len(c) for c in counting.calls] == [2, 1]  # chunked by max_batch
+
+
+def test_extract_fails_clearly_after_exactly_one_repair(vision_engine, make_photo) -> None:
+    counting = CountingEngine(vision_engine)
+    req = TaskRequest(task="extract", fields=["invoice_number", "total"], max_new_tokens=8)
+    with pytest.raises(ExtractionFailed, match=r"^extract failed after 1 repair retry: ") as info:
+        run_task(counting, [make_photo(seed=5)], req, Defaults())
+    assert "\n" not in str(info.value)
+    assert len(counting.calls) == 2
+    assert "Your previous answer was" in counting.calls[1][0]
+
+
+def test_run_tasks_batches_items_and_isolates_failures(vision_engine, make_photo) -> None:
+    counting = CountingEngine(vision_engine)
+    items = [
+        ([make_photo(seed=0), make_photo(seed=1)], TaskRequest(task="caption", max_new_tokens=6)),
+        ([make_photo(seed=2)], TaskRequest(task="classify", labels=["x1", "y2"], max_new_tokens=6)),
+        ([make_photo(seed=3)], TaskRequest(task="question", prompt="Why?", max_new_tokens=6)),
+    ]
+    out = run_tasks(counting, items, Defaults(), 8, errors="return")
+    assert [len(c) for c in counting.calls] == [4, 1]  # all pages at once, then one repair
+    assert [len(r) for r in out if isinstance(r, list)] == [2, 1]
+    assert isinstance(out[1], ApplianceError) and "classify failed" in str(out[1])
+    with pytest.raises(ExtractionFailed):
+        run_tasks(vision_engine, items, Defaults(), 8)
+
+
+def test_int8_weight_only_quantization_on_cpu(tiny_models_dir: Path, make_photo) -> None:
+    engine = VisionEngine.load(tiny_models_dir / VISION_NAME, device="cpu", quantization="int8")
+    weight = engine.model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert "Int8" in type(weight).__name__
+    gen = engine.generate(make_photo(seed=2), "Caption this.", GenParams(max_new_tokens=10))
+    assert gen.text and len(gen.token_ids) > 0
+
+
+def test_missing_model_dir_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"folder .* does not exist"):
+        VisionEngine.load(tmp_path / "nothing", device="cpu")
+    with pytest.raises(ModelError, match="unknown quantization"):
+        VisionEngine.load(tmp_path, device="cpu", quantization="int3")
