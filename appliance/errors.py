@@ -48,3 +48,17 @@ class ExtractionFailed(ApplianceError):
 
 class InvalidRequest(ApplianceError):
     """A task request is incomplete or inconsistent (e.g. `classify` without labels)."""
+
+
+class JobNotFound(ApplianceError):
+    """No job (or batch) with that id in the job store."""
+
+
+class JobStateConflict(ApplianceError):
+    """The job is not in a state that allows the action (e.g. retrying a succeeded job)."""
+
+
+class TransientError(ApplianceError):
+    """Worth trying again later: a broker hiccup, a full disk, CUDA out of memory."""
+
+    transient = True

@@ -39,6 +39,39 @@ class Generation(BaseModel):
     seed: int | None = None
 
 
+class Api(BaseModel):
+    """Guards and limits of the HTTP API (`web/`)."""
+
+    # A whole request: every file of a multi-file upload plus the form, or one JSON body with
+    # base64 images (4/3 of the raw size).
+    max_request_bytes: int = 256 * 1024 * 1024
+    max_files: int = 32
+    # Per token, fixed one-minute window; 0 switches the limit off.
+    rate_limit_per_minute: int = 600
+    # Waiting jobs beyond this answer 503 instead of letting the queue grow without bound.
+    max_queue_depth: int = 10_000
+    queue_full_retry_after: int = 30
+    # How long /v1/chat/completions waits for its job before giving up with 504.
+    sync_timeout_seconds: float = 300.0
+    # An SSE stream ends after this long; clients reconnect (EventSource does on its own).
+    events_max_seconds: float = 300.0
+    # Verified tokens are cached per process this long, so a revoke takes up to this long.
+    token_cache_seconds: float = 5.0
+
+
+class Panel(BaseModel):
+    """The browser panel (`web/panel/`): login sessions. Added for the panel (issue 6)."""
+
+    # Signs session cookies; made (0600) on first start when missing. Default: data_dir/panel.key.
+    secret_key_file: Path | None = None
+    session_hours: float = 12.0
+    # auto: the cookie is `Secure` when the request came over HTTPS (a plain-HTTP LAN box still
+    # works); always/never force it.
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    # How long one live-queue SSE stream lasts before the browser reconnects.
+    events_max_seconds: float = 120.0
+
+
 class DropFolder(BaseModel):
     """One watched folder (see `appliance.watch`)."""
 
@@ -58,6 +91,49 @@ class DropFolder(BaseModel):
     move_done: bool = True
     dedupe: bool = True
     batch_gap_seconds: float = 60.0
+    # Added for the watcher (issue 7).
+    # A writer that cannot be waited on drops `NAME<marker_suffix>` when NAME is complete.
+    marker_suffix: str = ".done"
+    # A file renamed into place (FTP `x.jpg.part` -> `x.jpg`) is complete at once, no settle wait.
+    rename_completes: bool = False
+    # Relative to `path` unless absolute; on the same filesystem so moves are atomic renames.
+    done_dir: str = "done"
+    failed_dir: str = "failed"
+    # Write a `batch-<time>.md` digest per batch (needs the summarizer model).
+    digest: bool = True
+    # PollingObserver scan interval (network mounts), and the safety rescan in inotify mode.
+    poll_seconds: float = 1.0
+    rescan_seconds: float = 30.0
+
+
+class Queue(BaseModel):
+    """The job queue and its workers (`appliance.jobs`, `workers/`). Added for issue 4."""
+
+    # Hard limit for one job; a dynamically batched run gets it once per job in the batch.
+    time_limit_s: int = 900
+    # Must stay above the longest run (time_limit_s * batch_size), or Redis hands a running
+    # job to a second worker. Checked when a worker starts.
+    visibility_timeout_s: int = 6 * 3600
+    # A job that keeps killing its worker (or keeps failing transiently) fails after this many.
+    max_attempts: int = 3
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 120.0
+    # Dynamic batching: up to batch_size compatible queued jobs in one generate_batch call,
+    # waiting at most batch_wait_ms for companions.
+    batch_size: int = 4
+    batch_wait_ms: int = 50
+    # Worker liveness: heartbeat period; a worker silent for stale_after_s is presumed dead
+    # and its running jobs are re-queued by the reconciler (which runs every reconcile_s).
+    heartbeat_s: float = 5.0
+    stale_after_s: float = 30.0
+    reconcile_s: float = 15.0
+    # A queued job not seen in Redis this long after it was sent is re-sent from the store.
+    lost_after_s: float = 10.0
+    # Purge input files of jobs finished this many days ago; None keeps them forever.
+    retention_days: float | None = None
+    events_channel: str = "appliance:events"
+    # Testing on CPU-only boxes: `--devices 0,1` starts CPU workers named gpu0@, gpu1@.
+    simulate_gpus: bool = False
 
 
 class Settings(BaseSettings):
@@ -82,6 +158,9 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     generation: Generation = Field(default_factory=Generation)
     folders: list[DropFolder] = Field(default_factory=list)
+    api: Api = Field(default_factory=Api)
+    panel: Panel = Field(default_factory=Panel)
+    queue: Queue = Field(default_factory=Queue)
 
     @classmethod
     def settings_customise_sources(

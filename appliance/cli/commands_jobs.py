@@ -1,0 +1,391 @@
+"""`appliance worker`, `appliance submit FILE... [--wait]`, `appliance jobs list|show|...`.
+
+`submit` goes through the job queue (Redis + workers), not HTTP; `analyze` is the in-process
+path without a queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+from tqdm import tqdm
+
+from appliance.cli import cli, get_settings
+from appliance.cli.commands_analyze import _split, build_request
+from appliance.errors import ApplianceError
+from appliance.queue import QUEUE_ORDER
+from appliance.schema import TASKS, AnalysisResult
+from appliance.store.models import STATES
+
+if TYPE_CHECKING:
+    from appliance.jobs import JobInfo, JobService
+
+
+def _service(ctx: click.Context) -> JobService:
+    from appliance.jobs import JobService
+
+    return JobService.from_settings(get_settings(ctx))
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--devices", default=None, help="GPU indexes, e.g. 0,1 (default: all detected).")
+@click.option(
+    "--queues",
+    default=",".join(QUEUE_ORDER),
+    show_default=True,
+    help="Queues to consume, in priority order.",
+)
+@click.option(
+    "--simulate-gpus",
+    is_flag=True,
+    help="Testing: run the --devices workers on the CPU (also APPLIANCE_QUEUE__SIMULATE_GPUS=1).",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Worker name for the hostname NAME@host (one device only; default gpuN, cpu, or "
+    "text for a text-only CPU worker).",
+)
+@click.option("--include", multiple=True, hidden=True, help="Extra module for the workers.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--stop-timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--exec",
+    "exec_",
+    is_flag=True,
+    help="Become the single worker (for a systemd unit per GPU) instead of supervising.",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    devices: str | None,
+    queues: str,
+    simulate_gpus: bool,
+    name: str | None,
+    include: tuple[str, ...],
+    loglevel: str,
+    stop_timeout: float,
+    exec_: bool,
+) -> None:
+    """Run one queue worker per GPU (or one CPU worker), restarting any that dies."""
+    from workers.gpus import parse_devices, plan_workers
+    from workers.supervisor import Supervisor, celery_command
+
+    settings = get_settings(ctx)
+    simulate = simulate_gpus or settings.queue.simulate_gpus
+    try:
+        wanted = parse_devices(devices) if devices else None
+        specs = plan_workers(wanted, simulate=simulate, queues=tuple(_split((queues,))), name=name)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if settings.config_file is not None:
+        os.environ.setdefault("APPLIANCE_CONFIG_FILE", str(settings.config_file))
+    for spec in specs:
+        click.echo(f"worker {spec.hostname}: {spec.device}", err=True)
+    if exec_:
+        if len(specs) != 1:
+            raise click.UsageError("--exec runs exactly one worker: name one device")
+        os.environ.update(specs[0].env)
+        cmd = celery_command(specs[0], loglevel, list(include))
+        os.execv(cmd[0], cmd)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s] %(message)s")
+    status = Supervisor(
+        specs, loglevel=loglevel, include=list(include), stop_timeout=stop_timeout
+    ).run()
+    sys.exit(status)
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), default="caption", show_default=True)
+@click.option("--prompt", default=None, help="The question (task 'question') or an extra hint.")
+@click.option("--labels", multiple=True, help="Labels for 'classify' (comma-separated).")
+@click.option("--fields", multiple=True, help="Field names for 'extract' (comma-separated).")
+@click.option("--language", default="en", show_default=True)
+@click.option("--summarize", is_flag=True, help="A summary per file and a digest of them all.")
+@click.option("--max-new-tokens", type=int, default=None)
+@click.option(
+    "--priority", type=click.Choice(["interactive", "bulk"]), default="bulk", show_default=True
+)
+@click.option("--wait", is_flag=True, help="Wait for the results and print them.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job on stdout.")
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    files: tuple[Path, ...],
+    task: str,
+    prompt: str | None,
+    labels: tuple[str, ...],
+    fields: tuple[str, ...],
+    language: str,
+    summarize: bool,
+    max_new_tokens: int | None,
+    priority: str,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Queue files for the workers; print the job ids (or, with --wait, the results)."""
+    request = build_request(
+        task=task,
+        prompt=prompt,
+        labels=_split(labels),
+        fields=_split(fields),
+        language=language,
+        summarize=summarize,
+        max_new_tokens=max_new_tokens,
+    )
+    service = _service(ctx)
+    batch = None
+    if len(files) > 1:
+        batch = service.open_batch(source="cli", label="appliance submit", language=language)
+    jobs = []
+    unreadable = 0
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            unreadable += 1
+            click.echo(f"error: {path}: {exc.strerror or exc}", err=True)
+            continue
+        job = service.submit(
+            data,
+            path.name,
+            request,
+            source="cli",
+            priority=priority,  # type: ignore[arg-type]
+            batch_id=batch.id if batch else None,
+        )
+        jobs.append((path, job))
+        if not wait:
+            click.echo(json.dumps(job.to_dict()) if as_json else f"{job.id}\t{path}")
+    if batch is not None:
+        service.close_batch(batch.id)
+    if not wait:
+        sys.exit(1 if unreadable else 0)
+    ids = [job.id for _, job in jobs]
+    final = _wait_with_progress(service, ids, timeout)
+    failures = unreadable
+    for (path, _), job in zip(jobs, final, strict=True):
+        if as_json:
+            click.echo(json.dumps({"file": str(path), **job.to_dict()}, ensure_ascii=False))
+        elif job.state == "succeeded":
+            _print_result(path, job)
+        else:
+            click.echo(f"error: {path}: {job.state}: {job.error or ''}".rstrip(": "), err=True)
+        failures += job.state != "succeeded"
+    if batch is not None and summarize and not as_json:
+        info = _wait_for(
+            lambda: service.get_batch(batch.id), lambda b: b.digest_state != "pending", timeout
+        )
+        if info is not None and info.digest:
+            click.echo(f"[digest]: {info.digest}")
+    sys.exit(1 if failures else 0)
+
+
+T = TypeVar("T")
+
+
+def _wait_with_progress(
+    service: JobService, ids: list[str], timeout: float | None
+) -> list[JobInfo]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with tqdm(total=len(ids), unit="job", disable=None, file=sys.stderr) as bar:
+        while True:
+            jobs = [service.get(i) for i in ids]
+            done = sum(j.done for j in jobs)
+            bar.update(done - bar.n)
+            running = sum(j.state == "running" for j in jobs)
+            bar.set_postfix(running=running, refresh=False)
+            if done == len(ids):
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                click.echo("error: timed out waiting; jobs keep running", err=True)
+                sys.exit(3)
+            time.sleep(0.2)
+    # Summaries are chained after the job itself; wait for them too, briefly.
+    return [
+        _wait_for(lambda i=j.id: service.get(i), lambda j: j.summary_state != "pending", timeout)
+        for j in jobs
+    ]
+
+
+def _wait_for(fetch: Callable[[], T], ready: Callable[[T], bool], timeout: float | None) -> T:
+    deadline = time.monotonic() + (timeout if timeout is not None else 300)
+    value = fetch()
+    while not ready(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = fetch()
+    return value
+
+
+def _print_result(path: Path, job: JobInfo) -> None:
+    result = AnalysisResult.model_validate(job.result)
+    many = len(result.pages) > 1
+    for page in result.pages:
+        label = f"{path} [page {page.page}/{len(result.pages)}]" if many else str(path)
+        click.echo(f"{label}: {page.text}")
+    if job.summary:
+        click.echo(f"{path} [summary]: {job.summary}")
+
+
+# -- jobs -----------------------------------------------------------------------------------
+
+
+@cli.group()
+def jobs() -> None:
+    """Inspect and control queued jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice(STATES), multiple=True)
+@click.option("--source", type=click.Choice(["panel", "api", "folder", "cli"]), default=None)
+@click.option("--batch", "batch_id", default=None)
+@click.option("--owner", default=None)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--cursor", default=None, help="Continue after a previous page.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_list(
+    ctx: click.Context,
+    state: tuple[str, ...],
+    source: str | None,
+    batch_id: str | None,
+    owner: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+) -> None:
+    """Jobs, newest first."""
+    page = _service(ctx).list(
+        state=list(state) or None,
+        source=source,
+        batch_id=batch_id,
+        owner=owner,
+        limit=limit,
+        cursor=cursor,
+    )
+    for job in page.items:
+        if as_json:
+            click.echo(json.dumps(job.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(
+                f"{job.id}  {job.state:<9}  {job.source:<6}  {job.task:<8}  "
+                f"{job.attempts}  {job.worker or '-':<20}  {job.filename}"
+            )
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """One job in full, with its history."""
+    service = _service(ctx)
+    job = service.get(job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id}")
+    data = job.to_dict()
+    data["history"] = service.history(job_id)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    for key in ("id", "state", "filename", "source", "priority", "owner", "batch_id", "task",
+                "attempts", "worker", "device", "pages", "error", "created_at", "started_at",
+                "finished_at"):  # fmt: skip
+        if data.get(key) is not None:
+            click.echo(f"{key}: {data[key]}")
+    if job.result_text is not None:
+        click.echo(f"result: {job.result_text}")
+    if job.summary is not None:
+        click.echo(f"summary: {job.summary}")
+    if job.timings:
+        click.echo("timings: " + ", ".join(f"{k}={_num(v)}" for k, v in job.timings.items()))
+    for event in data["history"]:
+        extra = f"  {event['detail']}" if event.get("detail") else ""
+        click.echo(
+            f"  {event['at']}  {event['event']:<10} #{event['attempt']} {event['worker'] or ''}{extra}"
+        )
+
+
+def _num(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+@jobs.command("retry")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_context
+def jobs_retry(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
+    """Queue failed or cancelled jobs again."""
+    _each(ctx, job_ids, "retry")
+
+
+@jobs.command("cancel")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.pass_context
+def jobs_cancel(ctx: click.Context, job_ids: tuple[str, ...]) -> None:
+    """Cancel queued or running jobs."""
+    _each(ctx, job_ids, "cancel")
+
+
+def _each(ctx: click.Context, job_ids: tuple[str, ...], action: str) -> None:
+    service = _service(ctx)
+    failures = 0
+    for job_id in job_ids:
+        try:
+            job = getattr(service, action)(job_id)
+        except ApplianceError as exc:
+            failures += 1
+            click.echo(f"error: {exc}", err=True)
+            continue
+        click.echo(f"{job.id}\t{job.state}")
+    if failures:
+        sys.exit(1)
+
+
+@jobs.command("workers")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def jobs_workers(ctx: click.Context, as_json: bool) -> None:
+    """Workers with their device, model and state; and the queue depth."""
+    service = _service(ctx)
+    for w in service.workers():
+        if as_json:
+            click.echo(json.dumps(w.to_dict()))
+        else:
+            click.echo(
+                f"{w.hostname:<24} {w.state:<8} {w.jobs_done:>6} done  {w.device}  {w.model or ''}"
+            )
+    if not as_json:
+        depth = service.queue_depth()
+        click.echo("queued: " + ", ".join(f"{k}={v}" for k, v in depth.items()))
+
+
+@jobs.command("purge")
+@click.pass_context
+def jobs_purge(ctx: click.Context) -> None:
+    """Delete input files of jobs ended more than queue.retention_days ago."""
+    from appliance.recovery import Reconciler
+
+    settings = get_settings(ctx)
+    if not settings.queue.retention_days:
+        raise click.ClickException("queue.retention_days is not set: nothing is ever purged")
+    click.echo(f"purged {Reconciler(_service(ctx)).purge()} files")

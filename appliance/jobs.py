@@ -1,0 +1,516 @@
+"""`JobService`: the one way into the job queue, for every intake path.
+
+The REST API, the panel, the drop-folder watcher and `appliance submit` all call
+`JobService.submit(...)`; workers run the jobs (`appliance.runner`). The job store is the
+source of truth: a submit that cannot reach Redis still succeeds (the reconciler sends the job
+when Redis is back), and every read here comes from the store.
+
+    service = JobService.from_settings(settings)
+    job = service.submit(data, "scan.pdf", TaskRequest(task="ocr"), source="api", owner="ana")
+    service.wait([job.id], timeout=60)
+    service.get(job.id).result_text
+
+Stable API (other modules build on it): `from_settings`, `submit`, `open_batch`,
+`close_batch`, `get`, `list`, `cancel`, `retry`, `get_batch`, `queue_depth`, `workers`,
+`events`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo` /
+`JobPage` views they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
+from appliance.queue import LANES, Broker
+from appliance.schema import TaskRequest
+from appliance.settings import Settings
+from appliance.store import init_db
+from appliance.store.base import utcnow
+from appliance.store.models import SOURCES, STATES, TERMINAL, Batch, Job, WorkerRow
+from appliance.store.repo import JobStore
+
+Source = Literal["panel", "api", "folder", "cli"]
+Priority = Literal["interactive", "bulk"]
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one job. `to_dict()` is its JSON form (datetimes as ISO 8601 UTC)."""
+
+    id: str
+    state: str  # queued | running | succeeded | failed | cancelled
+    source: str
+    priority: str
+    owner: str | None
+    batch_id: str | None
+    filename: str
+    input_path: str
+    input_sha256: str
+    size_bytes: int
+    pages: int | None
+    request: TaskRequest
+    attempts: int
+    worker: str | None
+    device: str | None
+    result: dict[str, Any] | None  # AnalysisResult.model_dump(), once succeeded
+    result_text: str | None
+    summary_state: str | None  # None (not asked) | pending | done | failed
+    summary: str | None
+    summary_error: str | None
+    timings: dict[str, Any] | None  # queue_ms, run_ms, batch_size, plus the pipeline's
+    error: str | None  # the one-line reason when failed (or the last retry's cause)
+    error_code: str | None  # bad_input | missing_input | poison | timeout | gave_up | ...
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    input_purged: bool = False
+
+    @property
+    def task(self) -> str:
+        return self.request.task
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    @classmethod
+    def from_row(cls, row: Job) -> JobInfo:
+        return cls(
+            id=row.id,
+            state=row.state,
+            source=row.source,
+            priority=row.priority,
+            owner=row.owner,
+            batch_id=row.batch_id,
+            filename=row.filename,
+            input_path=row.input_path,
+            input_sha256=row.input_sha256,
+            size_bytes=row.size_bytes,
+            pages=row.pages,
+            request=TaskRequest.model_validate(row.params),
+            attempts=row.attempts,
+            worker=row.worker,
+            device=row.device,
+            result=row.result,
+            result_text=row.result_text,
+            summary_state=row.summary_state,
+            summary=row.summary,
+            summary_error=row.summary_error,
+            timings=row.timings,
+            error=row.error,
+            error_code=row.error_code,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            input_purged=row.input_purged_at is not None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["request"] = self.request.model_dump(mode="json")
+        return _jsonable(data)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: str
+    source: str
+    owner: str | None
+    label: str | None
+    language: str
+    total: int
+    counts: dict[str, int]  # state -> number of jobs
+    created_at: datetime
+    closed_at: datetime | None
+    finished_at: datetime | None
+    digest_state: str | None  # None (not asked) | pending | done | failed
+    digest: str | None
+    digest_error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.finished_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    hostname: str  # gpu0@host, cpu@host
+    device: str  # e.g. "cuda:0 NVIDIA H100 80GB HBM3", "cpu"
+    model: str | None
+    state: str  # starting | idle | busy | stopped | stale (no heartbeat for stale_after_s)
+    alive: bool
+    current_jobs: list[str]
+    jobs_done: int
+    pid: int
+    queues: list[str]
+    started_at: datetime
+    heartbeat_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class JobPage:
+    items: list[JobInfo]
+    next_cursor: str | None  # pass as `cursor=` for the next (older) page
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class JobService:
+    """Submit, inspect and control jobs. Thread-safe; build one per process."""
+
+    def __init__(self, settings: Settings, store: JobStore, broker: Broker) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, migrate: bool = True) -> JobService:
+        """Connect to the store (migrating it to the newest schema) and to Redis (lazily)."""
+        from appliance.store.db import get_engine
+
+        engine = init_db(settings) if migrate else get_engine(settings.db_url)
+        broker = Broker(settings)
+        return cls(settings, JobStore(engine, notify=broker.publish), broker)
+
+    # -- intake -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        data: bytes,
+        filename: str,
+        request: TaskRequest,
+        *,
+        source: Source,
+        priority: Priority | None = None,
+        batch_id: str | None = None,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        input_path: Path | str | None = None,
+    ) -> JobInfo:
+        """Queue one file. Returns at once with the queued job; never runs the model.
+
+        - `data` is stored content-addressed under `settings.uploads_dir` (unless `input_path`
+          names a file that already holds exactly these bytes and stays put, e.g. a claimed
+          drop-folder file). It is never deleted because the job failed.
+        - `priority` defaults to `bulk` for `source="folder"`, else `interactive`.
+        - `batch_id`: join that batch (created on first use, see `open_batch`); call
+          `close_batch` when no more jobs will join, so its digest can be made.
+        - `idempotency_key`: a second submit with the same key and owner returns the first
+          job instead of queueing again.
+        - Bad files are *not* rejected here: the worker fails the job with the reason.
+        """
+        if source not in SOURCES:
+            raise InvalidRequest(f"unknown source {source!r}")
+        lane = priority or ("bulk" if source == "folder" else "interactive")
+        if lane not in LANES:
+            raise InvalidRequest(f"unknown priority {lane!r}")
+        sha = hashlib.sha256(data).hexdigest()
+        path = Path(input_path) if input_path is not None else self._store_file(data, sha)
+        job = Job(
+            id=str(uuid.uuid4()),
+            source=source,
+            priority=lane,
+            owner=owner,
+            batch_id=batch_id,
+            idempotency_key=f"{owner or ''}\x1f{idempotency_key}" if idempotency_key else None,
+            filename=os.path.basename(filename)[:512] or "upload",
+            input_path=str(path),
+            input_sha256=sha,
+            size_bytes=len(data),
+            task=request.task,
+            prompt=request.prompt,
+            params=request.model_dump(mode="json"),
+            compat_key=repr(request.batch_key()),
+        )
+        batch = None
+        if batch_id is not None:
+            batch = Batch(id=batch_id, source=source, owner=owner, language=request.language)
+        row, created = self.store.create_job(job, batch=batch)
+        if created:
+            self.broker.send_job(row.id, row.priority)
+        return JobInfo.from_row(row)
+
+    def _store_file(self, data: bytes, sha: str) -> Path:
+        folder = self.settings.uploads_dir / sha[:2]
+        path = folder / sha
+        if path.exists() and path.stat().st_size == len(data):
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{sha}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def open_batch(
+        self,
+        *,
+        source: Source,
+        owner: str | None = None,
+        label: str | None = None,
+        language: str = "en",
+        digest: bool = False,
+        batch_id: str | None = None,
+    ) -> BatchInfo:
+        """Start a batch (or return the existing one with that id). `digest=True` asks for a
+        digest even if no job asks for a summary; a job with `summarize` asks for one too."""
+        row = self.store.open_batch(
+            Batch(
+                id=batch_id or str(uuid.uuid4()),
+                source=source,
+                owner=owner,
+                label=label,
+                language=language,
+                digest_requested=digest,
+            )
+        )
+        return self.get_batch(row.id)  # type: ignore[return-value]
+
+    def close_batch(self, batch_id: str) -> BatchInfo:
+        """No more jobs join; once all have ended the batch finishes (and its digest is made)."""
+        if self.store.close_batch(batch_id) is None:
+            raise JobNotFound(f"no batch {batch_id}")
+        self.job_ended(batch_id)
+        return self.get_batch(batch_id)  # type: ignore[return-value]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobInfo | None:
+        row = self.store.get(job_id)
+        return JobInfo.from_row(row) if row is not None else None
+
+    def list(
+        self,
+        *,
+        state: str | list[str] | None = None,
+        source: str | None = None,
+        batch_id: str | None = None,
+        owner: str | None = None,
+        sha256: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """Jobs newest first, filtered; `since`/`until` bound `created_at` ([since, until);
+        naive datetimes are taken as UTC).
+
+        Pagination: pass the returned `next_cursor` back as `cursor` (None: last page).
+        """
+        states = [state] if isinstance(state, str) else state
+        for s in states or []:
+            if s not in STATES:
+                raise InvalidRequest(f"unknown state {s!r}; one of {', '.join(STATES)}")
+        limit = max(1, min(int(limit), 1000))
+        since, until = _utc(since), _utc(until)
+        rows, next_cursor = self.store.list_jobs(
+            states=states,
+            source=source,
+            batch_id=batch_id,
+            owner=owner,
+            sha256=sha256,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+        return JobPage([JobInfo.from_row(r) for r in rows], next_cursor)
+
+    def get_batch(self, batch_id: str) -> BatchInfo | None:
+        row, counts = self.store.get_batch(batch_id)
+        if row is None:
+            return None
+        return BatchInfo(
+            id=row.id,
+            source=row.source,
+            owner=row.owner,
+            label=row.label,
+            language=row.language,
+            total=row.total,
+            counts=counts,
+            created_at=row.created_at,
+            closed_at=row.closed_at,
+            finished_at=row.finished_at,
+            digest_state=row.digest_state,
+            digest=row.digest,
+            digest_error=row.digest_error,
+        )
+
+    def queue_depth(self) -> dict[str, int]:
+        """Jobs waiting per lane, from the store: interactive, bulk, text (pending summaries
+        and digests), and running."""
+        return self.store.queue_depth()
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker that ever registered, with its device, model and busy/idle state."""
+        stale = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
+        return [_worker_info(row, stale) for row in self.store.list_workers()]
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's events, oldest first (queued, running, requeued, succeeded, ...)."""
+        return self.store.job_events(job_id)
+
+    def input_file(self, job_id: str) -> Path:
+        """Where the job's original file lies (raises JobNotFound if purged or unknown)."""
+        job = self.store.get(job_id)
+        if job is None or job.input_purged_at is not None:
+            raise JobNotFound(f"no input file for job {job_id}")
+        return Path(job.input_path)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a queued or running job. A running one stops counting at once: its worker
+        finishes the current generation and throws the result away."""
+        row, changed = self.store.cancel(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
+        if not changed:
+            raise JobStateConflict(f"job {job_id} is {row.state}; only queued or running jobs")
+        self.job_ended(row.batch_id)
+        return JobInfo.from_row(row)
+
+    def retry(self, job_id: str) -> JobInfo:
+        """Queue a failed or cancelled job again, with a fresh attempt count."""
+        row, changed = self.store.retry(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id}")
+        if not changed:
+            raise JobStateConflict(f"job {job_id} is {row.state}; only failed or cancelled jobs")
+        self.broker.send_job(row.id, row.priority)
+        return JobInfo.from_row(row)
+
+    def job_ended(self, batch_id: str | None) -> None:
+        """Internal hook after a job reached an end state: finish its batch, send the digest."""
+        if batch_id is None:
+            return
+        finished, digest = self.store.finish_batch_if_done(batch_id)
+        if finished and digest:
+            self.broker.send_digest(batch_id)
+
+    # -- waiting and watching ---------------------------------------------------------------
+
+    def wait(
+        self, job_ids: list[str], timeout: float | None = None, poll_s: float = 0.2
+    ) -> list[JobInfo]:
+        """Poll until every job has ended (or `timeout` passes); returns their latest state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            jobs = [self.get(i) for i in job_ids]
+            missing = [i for i, j in zip(job_ids, jobs, strict=True) if j is None]
+            if missing:
+                raise JobNotFound(f"no job {missing[0]}")
+            infos = [j for j in jobs if j is not None]
+            if all(j.done for j in infos) or (deadline and time.monotonic() >= deadline):
+                return infos
+            time.sleep(poll_s)
+
+    def events(
+        self,
+        *,
+        after: int | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        owner: str | None = None,
+        poll_s: float = 1.0,
+        max_s: float | None = None,
+    ) -> Iterator[dict[str, Any] | None]:
+        """Job state changes as they happen, for SSE.
+
+        Yields event dicts ({"id", "at", "event", "job_id", "batch_id", "owner", "state",
+        "attempt", "worker", "detail"}) in id order, and None after every quiet `poll_s`
+        (send a keep-alive). `after`: replay stored events with a larger id first (SSE's
+        Last-Event-ID); None starts from now. Ends after `max_s` seconds if given.
+        Redis pub/sub only rings the bell; the events come from the store's log, so none is
+        missed when Redis hiccups (it then polls every `poll_s`).
+        """
+        filters = {"job_id": job_id, "batch_id": batch_id, "owner": owner}
+        try:
+            bell = self.broker.subscribe(poll_s=poll_s)  # before reading the log
+        except Exception:  # Redis down: poll the log only
+            bell = _ticks(poll_s)
+        try:
+            last = after if after is not None else self.store.last_event_id()
+            end = None if max_s is None else time.monotonic() + max_s
+            while end is None or time.monotonic() < end:
+                new = self.store.events_after(last, **filters)
+                for event in new:
+                    last = event["id"]
+                    yield event
+                try:
+                    rang = next(bell)
+                except Exception:
+                    bell = _ticks(poll_s)
+                    rang = next(bell)
+                if rang is None and not new:
+                    yield None
+        finally:
+            close = getattr(bell, "close", None)
+            if close is not None:
+                close()
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _ticks(poll_s: float) -> Iterator[None]:
+    while True:
+        time.sleep(poll_s)
+        yield None
+
+
+def _worker_info(row: WorkerRow, stale_before: datetime) -> WorkerInfo:
+    alive = row.state != "stopped" and row.heartbeat_at >= stale_before
+    state = row.state if alive or row.state == "stopped" else "stale"
+    return WorkerInfo(
+        hostname=row.hostname,
+        device=row.device,
+        model=row.model,
+        state=state,
+        alive=alive,
+        current_jobs=list(row.current_jobs or []),
+        jobs_done=row.jobs_done,
+        pid=row.pid,
+        queues=list(row.queues or []),
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+__all__ = [
+    "BatchInfo",
+    "JobInfo",
+    "JobPage",
+    "JobService",
+    "WorkerInfo",
+]

@@ -1,0 +1,317 @@
+"""`JobRunner`: what a worker does with a job message (claim, batch, infer, write once).
+
+1. Claim the job in the store (queued -> running, attempt counted, fresh claim token). A job
+   that is not queued (done, cancelled, or a duplicate message) is skipped.
+2. Dynamic batching: claim up to `batch_size - 1` more first-attempt queued jobs with the same
+   generation parameters, waiting at most `batch_wait_ms`, and run all of them through one
+   `Pipeline.analyze_many` (their own messages later find them done and are skipped).
+3. Write each result only if the claim is still ours (a cancel or a takeover voids it).
+4. Summaries are chained: a `summarize_job` message on the text queue per job that asks.
+
+Bad input fails the job at once with the reason (the file stays); transient errors re-queue it
+with exponential backoff; after `max_attempts` the job fails with the last reason. A run that
+outlives its hard time limit fails its jobs and ends the worker process (the supervisor starts
+a fresh one): a stuck GPU call cannot be interrupted any other way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from appliance.errors import (
+    ApplianceError,
+    ExtractionFailed,
+    IntakeError,
+    InvalidRequest,
+    ModelError,
+    TransientError,
+)
+from appliance.schema import AnalysisResult, TaskRequest
+from appliance.store.models import PENDING, Job
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from appliance.jobs import JobService
+    from appliance.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+# Exit status of a worker killed by its own watchdog (the supervisor restarts it).
+EXIT_TIMEOUT = 75
+
+
+class JobRunner:
+    def __init__(
+        self,
+        service: JobService,
+        *,
+        hostname: str,
+        device: str,
+        pipeline: Pipeline | None = None,
+        exit_on_timeout: Callable[[int], None] = os._exit,
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.store = service.store
+        self.hostname = hostname
+        self.device = device
+        self._pipeline = pipeline
+        self._exit = exit_on_timeout
+        # Held for a whole run; the reconciler only heals this worker's jobs while it is free.
+        self.lock = threading.Lock()
+        self.current: list[str] = []
+        # Set when `current` changes: the heartbeat thread writes it soon, off the job's path.
+        self.changed = threading.Event()
+        self.jobs_done = 0
+        self.boot = ""  # set when the worker registers (see appliance.recovery)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            from appliance.pipeline import Pipeline  # torch: only in workers
+
+            self._pipeline = Pipeline(self.settings)
+        return self._pipeline
+
+    @property
+    def state(self) -> str:
+        return "busy" if self.current else "idle"
+
+    def warm(self, vision: bool = True, summarizer: bool = True) -> None:
+        """Load the models this worker will use and run one tiny generation with each."""
+        if vision:
+            self.pipeline.warm(summarizer=summarizer)
+        elif summarizer:  # a text-only worker never loads the vision model
+            self.pipeline.summarizer.summarize("warm-up", max_new_tokens=2)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def run_job(self, job_id: str) -> str:
+        """Handle one `run_job` message. Returns a one-word outcome for the log."""
+        with self.lock:
+            claim = uuid.uuid4().hex
+            primary = self.store.claim(
+                job_id, worker=self.hostname, device=self.device, claim=claim
+            )
+            if primary is None:
+                return "skipped"
+            jobs = [primary]
+            q = self.settings.queue
+            if q.batch_size > 1 and not primary.run_alone and primary.attempts == 1:
+                jobs += self._companions(primary, claim)
+            self.current = [j.id for j in jobs]
+            self.changed.set()
+            limit = q.time_limit_s * len(jobs)
+            timer = threading.Timer(limit, self._timed_out, args=(jobs, claim, limit))
+            timer.daemon = True
+            timer.start()
+            try:
+                return self._execute(jobs, claim)
+            finally:
+                timer.cancel()
+                self.current = []
+                self.changed.set()
+
+    def _companions(self, primary: Job, claim: str) -> list[Job]:
+        q = self.settings.queue
+        deadline = time.monotonic() + q.batch_wait_ms / 1000
+        found: list[Job] = []
+        while True:
+            found += self.store.claim_companions(
+                primary,
+                q.batch_size - 1 - len(found),
+                worker=self.hostname,
+                device=self.device,
+                claim=claim,
+            )
+            left = deadline - time.monotonic()
+            if len(found) >= q.batch_size - 1 or left <= 0:
+                return found
+            time.sleep(min(0.01, left))
+
+    def _execute(self, jobs: list[Job], claim: str) -> str:
+        loaded: list[tuple[Job, list[Image.Image], float]] = []
+        for job in jobs:
+            started = time.perf_counter()
+            try:
+                data = Path(job.input_path).read_bytes()
+                pages = self.pipeline.load(data)
+            except FileNotFoundError:
+                self._fail(job, claim, f"input file is missing: {job.input_path}", "missing_input")
+                continue
+            except IntakeError as exc:
+                self._fail(job, claim, str(exc), "bad_input")
+                continue
+            except Exception as exc:  # e.g. EIO on a network share: try again later
+                self._transient([job], claim, exc)
+                continue
+            loaded.append((job, pages, (time.perf_counter() - started) * 1000))
+        if not loaded:
+            return "failed"
+        return self._infer_and_write(loaded, claim)
+
+    def _infer_and_write(
+        self, loaded: list[tuple[Job, list[Image.Image], float]], claim: str
+    ) -> str:
+        jobs = [job for job, _, _ in loaded]
+        items = [
+            (pages, _request(job).model_copy(update={"summarize": False}))
+            for job, pages, _ in loaded
+        ]
+        started = time.perf_counter()
+        try:
+            results = self._infer(jobs, items)
+        except Exception as exc:
+            if _is_oom(exc) or not _is_permanent(exc):
+                self._transient(jobs, claim, exc)
+                return "retrying"
+            if len(loaded) > 1:  # find the culprit: the others must not fail with it
+                outcomes = [self._infer_and_write([one], claim) for one in loaded]
+                return "succeeded" if "succeeded" in outcomes else outcomes[0]
+            self._fail(jobs[0], claim, str(exc) or type(exc).__name__, _error_code(exc))
+            return "failed"
+        run_ms = (time.perf_counter() - started) * 1000
+        written = 0
+        for (job, pages, intake_ms), result in zip(loaded, results, strict=True):
+            timings: dict[str, Any] = dict(result.timings)
+            timings.update(
+                intake_ms=intake_ms,
+                run_ms=run_ms,
+                queue_ms=_ms_between(job.created_at, job.started_at),
+                batch_size=len(loaded),
+            )
+            wants_summary = bool(job.params.get("summarize"))
+            ok = self.store.succeed(
+                job.id,
+                claim,
+                result=result.model_dump(mode="json"),
+                text=result.text,
+                timings=timings,
+                pages=len(pages),
+                summary_state=PENDING if wants_summary else None,
+            )
+            if not ok:
+                log.info("job %s: result dropped (cancelled or taken over)", job.id)
+                continue
+            written += 1
+            if wants_summary:
+                self.service.broker.send_summary(job.id)
+            self.service.job_ended(job.batch_id)
+        self.jobs_done += written
+        return "succeeded" if written else "dropped"
+
+    def _infer(
+        self, jobs: list[Job], items: list[tuple[list[Image.Image], TaskRequest]]
+    ) -> list[AnalysisResult]:
+        """The model call (one padded batch for all items); a seam for the chaos tests."""
+        return self.pipeline.analyze_many(items)
+
+    def _fail(self, job: Job, claim: str, reason: str, code: str) -> None:
+        log.warning("job %s failed (%s): %s", job.id, code, reason)
+        if self.store.fail(job.id, reason, code, claim=claim):
+            self.service.job_ended(job.batch_id)
+
+    def _transient(self, jobs: list[Job], claim: str, exc: BaseException) -> None:
+        q = self.settings.queue
+        reason = _one_line(exc)
+        for job in jobs:
+            if job.attempts >= q.max_attempts:
+                self._fail(
+                    job, claim, f"gave up after {job.attempts} attempts: {reason}", "gave_up"
+                )
+                continue
+            delay = min(q.retry_backoff_max_s, q.retry_backoff_s * 2 ** (job.attempts - 1))
+            log.warning("job %s: %s; retrying in %.1f s", job.id, reason, delay)
+            alone = len(jobs) > 1 or _is_oom(exc)
+            if self.store.requeue(
+                job.id, f"retrying: {reason}", claim=claim, delay_s=delay, run_alone=alone
+            ):
+                self.service.broker.send_job(job.id, job.priority, countdown=delay)
+
+    def _timed_out(self, jobs: list[Job], claim: str, limit: float) -> None:
+        try:
+            for job in jobs:
+                self._fail(job, claim, f"exceeded the hard time limit of {limit:.0f} s", "timeout")
+        finally:
+            log.critical("run of %s exceeded %.0f s; restarting the worker", self.current, limit)
+            logging.shutdown()
+            self._exit(EXIT_TIMEOUT)
+
+    # -- follow-up text work ----------------------------------------------------------------
+
+    def summarize_job(self, job_id: str) -> str:
+        job = self.store.get(job_id)
+        if job is None or job.summary_state != PENDING or job.result is None:
+            return "skipped"
+        result = AnalysisResult.model_validate(job.result)
+        try:
+            text = self.pipeline.summarize(result, _request(job).language)
+        except Exception as exc:
+            if _is_permanent(exc):
+                self.store.summary_done(job_id, None, error=_one_line(exc))
+                return "failed"
+            raise TransientError(_one_line(exc)) from exc
+        self.store.summary_done(job_id, text)
+        return "done"
+
+    def digest_batch(self, batch_id: str) -> str:
+        batch, _ = self.store.get_batch(batch_id)
+        if batch is None or batch.digest_state != PENDING:
+            return "skipped"
+        texts = [t for t in self.store.batch_texts(batch_id) if t.strip()]
+        if not texts:
+            self.store.digest_done(batch_id, None, error="no job of the batch succeeded")
+            return "failed"
+        try:
+            text = self.pipeline.digest(texts, batch.language)
+        except Exception as exc:
+            if _is_permanent(exc):
+                self.store.digest_done(batch_id, None, error=_one_line(exc))
+                return "failed"
+            raise TransientError(_one_line(exc)) from exc
+        self.store.digest_done(batch_id, text)
+        return "done"
+
+
+def _request(job: Job) -> TaskRequest:
+    return TaskRequest.model_validate(job.params)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """A problem with this job that another attempt would repeat."""
+    if isinstance(exc, ApplianceError):
+        return not exc.transient
+    return isinstance(exc, ValueError | TypeError)
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, ExtractionFailed):
+        return "extraction"
+    if isinstance(exc, ModelError):
+        return "model"
+    if isinstance(exc, InvalidRequest):
+        return "invalid_request"
+    return "error"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _ms_between(start: Any, end: Any) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds() * 1000

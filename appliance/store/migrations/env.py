@@ -1,0 +1,34 @@
+"""Alembic environment: the connection comes from `init_db`, or from the settings' URL."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from appliance.store import all_metadata
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=all_metadata(),
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:  # the alembic command line
+    from appliance.settings import load_settings
+    from appliance.store.db import make_engine
+
+    url = config.get_main_option("sqlalchemy.url") or load_settings().db_url
+    with make_engine(url).connect() as conn:
+        _run(conn)
+        conn.commit()

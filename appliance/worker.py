@@ -1,0 +1,200 @@
+"""One worker process's life: checks, registration, recovery, warm-up, heartbeats.
+
+`WorkerRuntime.start()` runs in Celery's `worker_init` (solo pool: the same process that will
+run the tasks, after any fork, before the first message is consumed), in this order:
+
+1. refuse to start on settings or a Redis that could lose jobs (`QueueMisconfigured`);
+2. migrate the store; refuse to start twice under one hostname;
+3. re-queue the jobs this hostname was running when it died (the reconciler);
+4. start the heartbeat thread (heartbeat, periodic reconcile, self-healing, retention);
+5. load and warm the models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from appliance.jobs import JobService
+from appliance.queue import LANES, QUEUE_ORDER, TEXT, QueueMisconfigured, check_settings
+from appliance.recovery import Reconciler
+from appliance.runner import JobRunner
+from appliance.settings import Settings
+from appliance.store.base import utcnow
+from appliance.store.models import WorkerRow
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(
+        self,
+        settings: Settings,
+        hostname: str,
+        *,
+        device: str | None = None,
+        queues: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.hostname = hostname
+        self.device = device or os.environ.get("APPLIANCE_WORKER_DEVICE") or settings.device
+        self.queues = queues or list(QUEUE_ORDER)
+        self.boot = str(uuid.uuid4())
+        self.service: JobService | None = None
+        self.runner: JobRunner | None = None
+        self.reconciler: Reconciler | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ready = False
+
+    def start(self, warm: bool = True) -> None:
+        check_settings(self.settings)
+        service = JobService.from_settings(self.settings)
+        service.broker.check_noeviction()
+        self._refuse_duplicate(service)
+        self.service = service
+        self.runner = JobRunner(service, hostname=self.hostname, device=self.device)
+        self.runner.boot = self.boot
+        self.reconciler = Reconciler(service, self.hostname)
+        service.store.register_worker(
+            WorkerRow(
+                hostname=self.hostname,
+                pid=os.getpid(),
+                boot=self.boot,
+                device=self.device,
+                model=None,
+                queues=self.queues,
+                state="starting",
+                current_jobs=[],
+            )
+        )
+        recovered = self.reconciler.recover_worker(
+            self.hostname, f"worker {self.hostname} restarted while running it"
+        )
+        if recovered:
+            log.warning("%s: re-queued %d interrupted job(s)", self.hostname, recovered)
+        self._thread = threading.Thread(target=self._loop, name="appliance-heartbeat", daemon=True)
+        self._thread.start()
+        if warm:
+            started = time.monotonic()
+            # Only the models its queues need: `--queues interactive,bulk` needs no summarizer,
+            # `--queues text` no vision model.
+            self.runner.warm(
+                vision=bool(set(self.queues) & set(LANES)), summarizer=TEXT in self.queues
+            )
+            log.info("%s: models warm in %.1f s", self.hostname, time.monotonic() - started)
+        self.ready = True
+        service.store.heartbeat(self.hostname, self.boot, state="idle")
+        self._set_model()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.changed.set()
+        if self.service is not None:
+            try:
+                self.service.store.heartbeat(self.hostname, self.boot, state="stopped")
+            except Exception as exc:
+                log.debug("final heartbeat failed: %s", exc)
+
+    def _refuse_duplicate(self, service: JobService) -> None:
+        fresh = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
+        for row in service.store.list_workers():
+            if (
+                row.hostname == self.hostname
+                and row.state != "stopped"
+                and row.heartbeat_at >= fresh
+                and row.pid != os.getpid()
+                and _same_worker_alive(row.pid, self.hostname)
+            ):
+                raise QueueMisconfigured(
+                    f"worker {self.hostname} is already running (pid {row.pid}); "
+                    "give each worker its own hostname"
+                )
+
+    def _set_model(self) -> None:
+        assert self.service is not None and self.runner is not None
+        pipeline = self.runner._pipeline
+        name = None
+        if pipeline is not None and "vision" in pipeline.__dict__:
+            name = getattr(pipeline.vision, "name", None)
+        if name:
+            from sqlalchemy import update
+
+            with self.service.store.write() as session:
+                session.execute(
+                    update(WorkerRow).where(WorkerRow.hostname == self.hostname).values(model=name)
+                )
+
+    def _loop(self) -> None:
+        q = self.settings.queue
+        assert self.service is not None and self.runner and self.reconciler
+        runner = self.runner
+        next_reconcile = time.monotonic()
+        next_purge = time.monotonic() + 60
+        last_beat = 0.0
+        while not self._stop.is_set():
+            # Beat every heartbeat_s, and soon (at most 4 times a second) after a change.
+            runner.changed.wait(q.heartbeat_s)
+            self._stop.wait(max(0.0, last_beat + 0.25 - time.monotonic()))
+            if self._stop.is_set():
+                break
+            runner.changed.clear()
+            last_beat = time.monotonic()
+            try:
+                if not self.service.store.heartbeat(
+                    self.hostname,
+                    self.boot,
+                    state=runner.state if self.ready else "starting",
+                    current_jobs=list(runner.current),
+                    jobs_done=runner.jobs_done,
+                ):
+                    log.error("%s: another process took over this worker's row", self.hostname)
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+            now = time.monotonic()
+            if now >= next_reconcile:
+                next_reconcile = now + q.reconcile_s
+                self._reconcile()
+            if q.retention_days and now >= next_purge:
+                next_purge = now + 3600
+                try:
+                    self.reconciler.purge()
+                except Exception as exc:
+                    log.warning("retention purge failed: %s", exc)
+
+    def _reconcile(self) -> None:
+        assert self.runner is not None and self.reconciler is not None
+        try:
+            self.reconciler.run_once()
+            # Self-healing: a job the store says we run while we run nothing (a write that
+            # failed after the model call, say) goes back to the queue.
+            if self.runner.lock.acquire(blocking=False):
+                try:
+                    self.reconciler.recover_worker(
+                        self.hostname, f"worker {self.hostname} lost track of it"
+                    )
+                finally:
+                    self.runner.lock.release()
+        except Exception as exc:
+            log.warning("reconcile failed: %s", exc)
+
+
+def _same_worker_alive(pid: int, hostname: str) -> bool:
+    """Whether `pid` is a live process on this machine started for `hostname`."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return hostname.encode() in cmdline

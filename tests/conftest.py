@@ -1,0 +1,160 @@
+"""Shared fixtures. Model fixtures first: tiny real models, built once and cached between runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+# The tests never go online; set before transformers is imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _tiny_cache_key() -> str:
+    """Changes whenever the tiny models could: their builder's source or the library versions."""
+    import tokenizers
+    import torch
+    import transformers
+
+    import appliance.onnx_export
+    import appliance.tiny
+
+    digest = hashlib.sha256()
+    for module in (appliance.tiny, appliance.onnx_export):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    for lib in (torch, transformers, tokenizers):
+        digest.update(lib.__version__.encode())
+    return digest.hexdigest()[:12]
+
+
+def _verified(root: Path) -> bool:
+    from appliance.models import ModelRegistry, verify
+
+    try:
+        infos = ModelRegistry(root).list()
+    except Exception:
+        return False
+    return len(infos) == 2 and not any(verify(info) for info in infos)
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A models root holding `tiny-mllama-vision` and `tiny-llama-summarizer` (read-only!)."""
+    from appliance.tiny import make_tiny
+
+    name = f"tiny-models-{_tiny_cache_key()}"
+    store = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    cache = store.mkdir(name) if store else tmp_path_factory.mktemp("models") / name
+    if _verified(cache):
+        return cache
+    # Build beside the cache and swap in, so concurrent test runs never see a half-built root.
+    staging = Path(tempfile.mkdtemp(prefix="tiny-build-", dir=cache.parent))
+    make_tiny(staging)
+    if _verified(cache):
+        shutil.rmtree(staging, ignore_errors=True)
+        return cache
+    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        staging.rename(cache)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    assert _verified(cache), f"tiny models in {cache} do not verify"
+    return cache
+
+
+@pytest.fixture(scope="session")
+def vision_engine(tiny_models_dir: Path):  # -> VisionEngine
+    from appliance.engines.vision import VisionEngine
+
+    return VisionEngine.load(tiny_models_dir / "tiny-mllama-vision", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def summarizer_engine(tiny_models_dir: Path):  # -> SummarizerEngine (ONNX backend)
+    from appliance.engines.summarizer import SummarizerEngine
+
+    return SummarizerEngine.load(tiny_models_dir / "tiny-llama-summarizer", device="cpu")
+
+
+def synthetic_photo(seed: int = 0, size: tuple[int, int] = (640, 480)) -> Image.Image:
+    """A photo-like JPEG-decoded image: sky/ground gradients, shapes, blur, JPEG artefacts."""
+    width, height = size
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    horizon = height // 2 + (seed * 37) % (height // 4)
+    for y in range(height):
+        if y < horizon:
+            t = y / horizon
+            colour = (int(90 + 100 * t), int(150 + 60 * t), 235)
+        else:
+            t = (y - horizon) / max(1, height - horizon)
+            colour = (int(60 + 80 * t), int(120 - 40 * t), int(40 + 30 * t))
+        draw.line([(0, y), (width, y)], fill=colour)
+    sun = (width * (1 + seed % 5)) // 7
+    draw.ellipse([sun - 40, 40, sun + 40, 120], fill=(255, 230, 120))
+    for i in range(3 + seed % 3):
+        x = (seed * 131 + i * 173) % max(1, width - 120)
+        draw.rectangle(
+            [x, horizon - 90 + i * 7, x + 60 + i * 9, horizon + 10], fill=(150, 60 + 30 * i, 50)
+        )
+        draw.polygon(
+            [(x - 10, horizon - 90 + i * 7), (x + 35, horizon - 140), (x + 80, horizon - 90)],
+            fill=(90, 40, 30),
+        )
+    image = image.filter(ImageFilter.GaussianBlur(1.2))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+@pytest.fixture
+def make_photo() -> Iterator[Callable[..., Image.Image]]:
+    yield synthetic_photo
+
+
+# -- job queue (issue 4): a private Redis per session, SQLite and PostgreSQL stores ---------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private `redis-server` (noeviction) on a free port, for this test session."""
+    from tests.queue_helpers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty job-store URL: SQLite in tmp_path, or a throwaway PostgreSQL database
+    on 127.0.0.1:5432 (skipped, with the reason, when there is none)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    from tests.queue_helpers import create_pg_database, drop_pg_database, postgres_reachable
+
+    why = postgres_reachable()
+    if why is not None:
+        pytest.skip(why)
+    name = create_pg_database()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        from appliance.store.db import dispose_all
+
+        dispose_all()
+        drop_pg_database(name)

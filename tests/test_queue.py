@@ -1,0 +1,414 @@
+"""JobService, JobRunner, the reconciler and GPU planning, in-process against a real Redis.
+
+The real-worker tests (Celery subprocesses, SIGKILLs, Redis restarts) are in
+`test_queue_workers.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from appliance.errors import JobNotFound, JobStateConflict
+from appliance.jobs import JobService
+from appliance.queue import QueueMisconfigured, check_settings
+from appliance.recovery import Reconciler
+from appliance.runner import JobRunner
+from appliance.schema import TaskRequest
+from appliance.settings import Settings, load_settings
+from appliance.store.base import utcnow
+from appliance.store.models import WorkerRow
+from tests.queue_helpers import RedisServer, png_bytes, wait_for
+from workers.gpus import Gpu, parse_devices, parse_nvidia_smi, plan_workers
+
+CAPTION = TaskRequest(task="caption", max_new_tokens=4)
+
+
+def make_settings(tmp_path: Path, store_url: str, redis_url: str, **queue: Any) -> Settings:
+    return load_settings(
+        config_file=tmp_path / "none.toml",
+        data_dir=tmp_path / "data",
+        models_dir=tmp_path / "models",
+        redis_url=redis_url,
+        database_url=store_url,
+        device="cpu",
+        queue={"stale_after_s": 5, "heartbeat_s": 1, "lost_after_s": 0, **queue},
+    )
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    url = redis_server.rsplit("/", 1)[0] + "/2"  # db 2: this module's, flushed per test
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def service(tmp_path: Path, store_url: str, redis_url: str) -> JobService:
+    return JobService.from_settings(make_settings(tmp_path, store_url, redis_url))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # -> Pipeline
+    from appliance.pipeline import Pipeline
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    settings = load_settings(
+        config_file=tmp / "none.toml", models_dir=tiny_models_dir, data_dir=tmp, device="cpu"
+    )
+    return Pipeline(settings)
+
+
+def runner_for(service: JobService, pipeline: Any, **kwargs: Any) -> JobRunner:
+    return JobRunner(service, hostname="gpu0@test", device="cpu", pipeline=pipeline, **kwargs)
+
+
+def messages(service: JobService, queue: str) -> list[dict[str, Any]]:
+    return [json.loads(m) for m in service.broker.redis.lrange(queue, 0, -1)]
+
+
+# -- submit ---------------------------------------------------------------------------------
+
+
+def test_submit_stores_the_file_by_content_and_sends_to_its_lane(service: JobService) -> None:
+    data = png_bytes(1)
+    job = service.submit(data, "../../etc/x.png", CAPTION, source="api", owner="ana")
+    folder = service.submit(data, "x.png", CAPTION, source="folder")
+    assert job.state == "queued" and job.priority == "interactive" and job.owner == "ana"
+    assert folder.priority == "bulk"
+    assert job.filename == "x.png"  # never a path from the client
+    path = Path(job.input_path)
+    assert path == Path(folder.input_path)  # content-addressed: stored once
+    assert path.read_bytes() == data and path.name == job.input_sha256
+    assert path.is_relative_to(service.settings.uploads_dir)
+    assert [m["headers"]["id"] for m in messages(service, "interactive")] == [job.id]
+    assert [m["headers"]["id"] for m in messages(service, "bulk")] == [folder.id]
+    assert service.queue_depth() == {"interactive": 1, "bulk": 1, "text": 0, "running": 0}
+
+
+def test_idempotency_key_is_scoped_by_owner(service: JobService) -> None:
+    a = service.submit(b"x", "a.png", CAPTION, source="api", owner="ana", idempotency_key="k")
+    again = service.submit(b"x", "a.png", CAPTION, source="api", owner="ana", idempotency_key="k")
+    other = service.submit(b"x", "a.png", CAPTION, source="api", owner="bo", idempotency_key="k")
+    assert again.id == a.id and other.id != a.id
+    assert len(messages(service, "interactive")) == 2
+
+
+def test_cancel_retry_and_errors(service: JobService) -> None:
+    job = service.submit(b"x", "a.png", CAPTION, source="cli")
+    assert service.cancel(job.id).state == "cancelled"
+    with pytest.raises(JobStateConflict):
+        service.cancel(job.id)
+    assert service.retry(job.id).state == "queued"
+    with pytest.raises(JobStateConflict):
+        service.retry(job.id)
+    with pytest.raises(JobNotFound):
+        service.cancel("nope")
+    assert [e["event"] for e in service.history(job.id)] == ["queued", "cancelled", "queued"]
+
+
+def test_submit_with_redis_down_is_sent_by_the_reconciler(tmp_path: Path, store_url: str) -> None:
+    server = RedisServer(tmp_path / "redis")  # not started yet
+    service = JobService.from_settings(make_settings(tmp_path, store_url, server.url))
+    job = service.submit(png_bytes(2), "a.png", CAPTION, source="api")  # must not raise
+    assert service.get(job.id).state == "queued"  # type: ignore[union-attr]
+    server.start()
+    try:
+        assert messages(service, "interactive") == []
+        assert Reconciler(service).run_once()["resent"] == 1
+        assert [m["headers"]["id"] for m in messages(service, "interactive")] == [job.id]
+        assert Reconciler(service).run_once()["resent"] == 0  # present: not sent twice
+        service.broker.redis.flushall()  # Redis lost everything
+        assert Reconciler(service).run_once()["resent"] == 1
+    finally:
+        server.stop()
+
+
+def test_events_stream_from_the_store(service: JobService) -> None:
+    got: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        for event in service.events(poll_s=0.1, max_s=10):
+            ready.set()
+            if event is not None:
+                got.append(event)
+                if event["event"] == "cancelled":
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    wait_for(ready.is_set, 5, "the event stream to start")
+    job = service.submit(b"x", "a.png", CAPTION, source="api")
+    service.cancel(job.id)
+    thread.join(10)
+    assert [(e["job_id"], e["event"]) for e in got] == [(job.id, "queued"), (job.id, "cancelled")]
+    replay = list(service.events(after=got[0]["id"] - 1, max_s=0.2, poll_s=0.1))
+    assert [e["event"] for e in replay if e] == ["queued", "cancelled"]
+
+
+# -- settings and Redis checks --------------------------------------------------------------
+
+
+def test_refuses_a_visibility_timeout_below_the_longest_run(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "sqlite://", "redis://x", visibility_timeout_s=600)
+    with pytest.raises(QueueMisconfigured, match="visibility_timeout"):
+        check_settings(settings)
+
+
+def test_refuses_a_redis_that_evicts(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        server_client = redis.Redis(port=server.port)
+        server_client.config_set("maxmemory-policy", "allkeys-lru")
+        service = JobService.from_settings(
+            make_settings(tmp_path, f"sqlite:///{tmp_path / 's.db'}", server.url)
+        )
+        with pytest.raises(QueueMisconfigured, match="noeviction"):
+            service.broker.check_noeviction()
+        server_client.config_set("maxmemory-policy", "noeviction")
+        service.broker.check_noeviction()
+    finally:
+        server.stop()
+
+
+# -- the runner, in-process with the tiny models --------------------------------------------
+
+
+def test_batched_run_gives_the_one_by_one_results(service: JobService, pipeline: Any) -> None:
+    service.settings.queue.batch_size = 4
+    datas = [png_bytes(i, (60 + 10 * i, 50)) for i in range(4)]
+    jobs = [service.submit(d, f"{i}.png", CAPTION, source="api") for i, d in enumerate(datas)]
+    assert runner_for(service, pipeline).run_job(jobs[0].id) == "succeeded"
+    done = [service.get(j.id) for j in jobs]
+    assert all(j is not None and j.state == "succeeded" for j in done)
+    assert {j.timings["batch_size"] for j in done if j and j.timings} == {4}
+    alone = [pipeline.analyze_bytes(d, CAPTION).text for d in datas]
+    assert [j.result_text for j in done if j] == alone
+    # Their own messages arrive later and change nothing.
+    assert runner_for(service, pipeline).run_job(jobs[1].id) == "skipped"
+
+
+def test_bad_input_fails_once_with_the_reason_and_keeps_the_file(
+    service: JobService, pipeline: Any
+) -> None:
+    job = service.submit(b"not an image at all", "bad.png", CAPTION, source="folder")
+    assert runner_for(service, pipeline).run_job(job.id) == "failed"
+    failed = service.get(job.id)
+    assert failed is not None and failed.state == "failed" and failed.attempts == 1
+    assert failed.error_code == "bad_input" and "not an image" in (failed.error or "")
+    assert Path(failed.input_path).read_bytes() == b"not an image at all"
+    assert messages(service, "bulk") == [messages(service, "bulk")[0]]  # no retry sent
+
+
+def test_transient_error_requeues_with_backoff_then_gives_up(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settings.queue.max_attempts = 2
+
+    def flaky(self: JobRunner, jobs: Any, items: Any) -> Any:
+        raise ConnectionError("broker hiccup")
+
+    monkeypatch.setattr(JobRunner, "_infer", flaky)
+    job = service.submit(png_bytes(3), "a.png", CAPTION, source="api")
+    runner = runner_for(service, pipeline)
+    assert runner.run_job(job.id) == "retrying"
+    queued = service.get(job.id)
+    assert queued is not None and queued.state == "queued" and queued.attempts == 1
+    assert "broker hiccup" in (queued.error or "")
+    retry = messages(service, "interactive")[0]  # LPUSH: newest first
+    assert retry["headers"]["eta"] is not None  # sent with a countdown
+    assert runner.run_job(job.id) == "retrying"
+    final = service.get(job.id)
+    assert final is not None and final.state == "failed" and final.error_code == "gave_up"
+
+
+def test_out_of_memory_retries_each_job_alone(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class OutOfMemoryError(RuntimeError):  # the name torch.cuda's has
+        pass
+
+    def oom(self: JobRunner, jobs: Any, items: Any) -> Any:
+        if len(jobs) > 1:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return JobRunner.__dict__["_real_infer"](self, jobs, items)
+
+    monkeypatch.setattr(JobRunner, "_real_infer", JobRunner._infer, raising=False)
+    monkeypatch.setattr(JobRunner, "_infer", oom)
+    service.settings.queue.batch_size = 2
+    jobs = [service.submit(png_bytes(i), f"{i}.png", CAPTION, source="api") for i in (6, 7)]
+    runner = runner_for(service, pipeline)
+    assert runner.run_job(jobs[0].id) == "retrying"
+    requeued = [service.get(j.id) for j in jobs]
+    assert all(j is not None and j.state == "queued" and "out of memory" in (j.error or "")
+               for j in requeued)  # fmt: skip
+    for job in jobs:  # alone now: each fits
+        assert runner.run_job(job.id) == "succeeded"
+        assert service.get(job.id).timings["batch_size"] == 1  # type: ignore[union-attr,index]
+
+
+def test_a_second_worker_under_one_hostname_is_refused(service: JobService, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from appliance.worker import WorkerRuntime
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gpu9@dup"])
+    try:
+        service.store.register_worker(
+            WorkerRow(hostname="gpu9@dup", pid=other.pid, boot="b", device="cpu", state="idle")
+        )
+        with pytest.raises(QueueMisconfigured, match="already running"):
+            WorkerRuntime(service.settings, "gpu9@dup").start(warm=False)
+    finally:
+        other.kill()
+        other.wait()
+    runtime = WorkerRuntime(service.settings, "gpu9@dup")
+    runtime.start(warm=False)  # the old one is gone: take over its name
+    runtime.stop()
+    (row,) = [w for w in service.workers() if w.hostname == "gpu9@dup"]
+    assert row.state == "stopped"
+
+
+def test_cancel_while_running_drops_the_result(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = service.submit(png_bytes(4), "a.png", CAPTION, source="api")
+    real = JobRunner._infer
+
+    def cancel_midway(self: JobRunner, jobs: Any, items: Any) -> Any:
+        service.cancel(job.id)
+        return real(self, jobs, items)
+
+    monkeypatch.setattr(JobRunner, "_infer", cancel_midway)
+    assert runner_for(service, pipeline).run_job(job.id) == "dropped"
+    final = service.get(job.id)
+    assert final is not None and final.state == "cancelled" and final.result is None
+
+
+def test_hard_time_limit_fails_the_job_and_ends_the_worker(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service.settings.queue.time_limit_s = 1  # type: ignore[assignment]
+    exited = threading.Event()
+    stuck = threading.Event()
+
+    def hang(self: JobRunner, jobs: Any, items: Any) -> Any:
+        stuck.wait(10)
+        raise RuntimeError("unstuck")
+
+    monkeypatch.setattr(JobRunner, "_infer", hang)
+    job = service.submit(png_bytes(5), "a.png", CAPTION, source="api")
+    runner = runner_for(service, pipeline, exit_on_timeout=lambda code: (exited.set(), stuck.set()))
+    runner.run_job(job.id)
+    assert exited.is_set()
+    final = service.get(job.id)
+    assert final is not None and final.state == "failed" and final.error_code == "timeout"
+
+
+def test_summary_and_batch_digest_are_chained(service: JobService, pipeline: Any) -> None:
+    service.settings.queue.batch_size = 1
+    batch = service.open_batch(source="folder", label="scans")
+    request = TaskRequest(task="caption", max_new_tokens=4, summarize=True)
+    jobs = [
+        service.submit(png_bytes(i), f"{i}.png", request, source="folder", batch_id=batch.id)
+        for i in range(2)
+    ]
+    service.close_batch(batch.id)
+    runner = runner_for(service, pipeline)
+    for job in jobs:
+        runner.run_job(job.id)
+    text = [m["headers"]["id"] for m in messages(service, "text")]
+    assert sorted(text) == sorted([f"summary-{j.id}" for j in jobs] + [f"digest-{batch.id}"])
+    for job in jobs:
+        assert runner.summarize_job(job.id) == "done"
+        assert runner.summarize_job(job.id) == "skipped"  # once
+    assert runner.digest_batch(batch.id) == "done"
+    info = service.get_batch(batch.id)
+    assert info is not None and info.done and info.digest_state == "done" and info.digest
+    assert info.counts == {"succeeded": 2}
+    assert all((service.get(j.id).summary or "") for j in jobs)  # type: ignore[union-attr]
+
+
+# -- the reconciler -------------------------------------------------------------------------
+
+
+def test_reconciler_requeues_a_dead_workers_jobs_then_fails_poison(service: JobService) -> None:
+    service.settings.queue.max_attempts = 2
+    job = service.submit(b"x", "a.png", CAPTION, source="api")
+    store = service.store
+    store.register_worker(
+        WorkerRow(hostname="gpu1@dead", pid=1, boot="b", device="cpu", queues=[], state="busy")
+    )
+    store.claim(job.id, worker="gpu1@dead", device="cpu", claim="c1")
+    reconciler = Reconciler(service, "gpu0@alive")
+    assert reconciler.run_once()["recovered"] == 0  # its heartbeat is fresh
+    assert reconciler.recover_worker("gpu1@dead", "restarted") == 1  # what its restart does
+    requeued = service.get(job.id)
+    assert requeued is not None and requeued.state == "queued" and requeued.attempts == 1
+    store.claim(job.id, worker="gpu1@dead", device="cpu", claim="c2")
+    with store.write() as session:  # it went silent
+        row = session.get(WorkerRow, "gpu1@dead")
+        assert row is not None
+        row.heartbeat_at = utcnow().replace(year=2000)
+    assert reconciler.run_once()["recovered"] == 1
+    poisoned = service.get(job.id)
+    assert poisoned is not None and poisoned.state == "failed"
+    assert poisoned.error_code == "poison" and "2 times" in (poisoned.error or "")
+
+
+def test_retention_purges_only_old_finished_uploads(service: JobService, tmp_path: Path) -> None:
+    service.settings.queue.retention_days = 1e-9
+    done = service.submit(b"old", "a.png", CAPTION, source="api")
+    service.cancel(done.id)
+    waiting = service.submit(b"new", "b.png", CAPTION, source="api")
+    outside = tmp_path / "drop" / "c.png"
+    outside.parent.mkdir()
+    outside.write_bytes(b"mine")
+    theirs = service.submit(b"mine", "c.png", CAPTION, source="folder", input_path=outside)
+    service.cancel(theirs.id)
+    assert Reconciler(service).purge() == 1
+    assert not Path(done.input_path).exists()
+    assert Path(waiting.input_path).exists() and outside.exists()
+    assert service.get(done.id).input_purged  # type: ignore[union-attr]
+    with pytest.raises(JobNotFound):
+        service.input_file(done.id)
+
+
+# -- GPU planning ---------------------------------------------------------------------------
+
+
+def test_gpu_plan() -> None:
+    smi = (
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)\n"
+        "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-5678)\n"
+    )
+    gpus = parse_nvidia_smi(smi)
+    assert gpus == [
+        Gpu(0, "NVIDIA H100 80GB HBM3", "GPU-1234"),
+        Gpu(1, "NVIDIA H100 80GB HBM3", "GPU-5678"),
+    ]
+    specs = plan_workers(gpus=gpus, host="box")
+    assert [s.hostname for s in specs] == ["gpu0@box", "gpu1@box"]
+    assert specs[1].env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert specs[1].env["APPLIANCE_DEVICE"] == "cuda"
+    assert [s.hostname for s in plan_workers(["1"], gpus=gpus, host="box")] == ["gpu1@box"]
+    with pytest.raises(ValueError, match="no GPU 2"):
+        plan_workers(["2"], gpus=gpus, host="box")
+    (cpu,) = plan_workers(gpus=[], host="box")
+    assert cpu.hostname == "cpu@box" and cpu.env["CUDA_VISIBLE_DEVICES"] == ""
+    simulated = plan_workers(["0", "1"], simulate=True, host="box")
+    assert [s.hostname for s in simulated] == ["gpu0@box", "gpu1@box"]
+    assert all(s.env["APPLIANCE_DEVICE"] == "cpu" for s in simulated)
+    (text,) = plan_workers(["cpu"], host="box", queues=("text",))
+    assert text.hostname == "text@box"  # beside a cpu@box job worker
+    assert plan_workers(["0"], gpus=gpus, host="box", name="big")[0].hostname == "big@box"
+    assert parse_devices("0, 1") == ["0", "1"]
+    with pytest.raises(ValueError):
+        parse_devices("0,0")

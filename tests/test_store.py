@@ -1,0 +1,215 @@
+"""The job store on SQLite and PostgreSQL: schema, transitions, exactly-once writes, queries."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from appliance.errors import InvalidRequest
+from appliance.schema import TaskRequest
+from appliance.store import all_metadata, init_db
+from appliance.store.base import utcnow
+from appliance.store.models import Batch, Job, WorkerRow
+from appliance.store.repo import JobStore
+
+
+@pytest.fixture
+def store(store_url: str) -> JobStore:
+    events: list[dict] = []
+    repo = JobStore(init_db(store_url), notify=events.extend)
+    repo.published = events  # type: ignore[attr-defined]
+    return repo
+
+
+def new_job(**overrides: object) -> Job:
+    request = TaskRequest(**overrides.pop("request", {}))  # type: ignore[arg-type]
+    fields: dict[str, object] = {
+        "id": str(uuid.uuid4()),
+        "source": "api",
+        "priority": "interactive",
+        "filename": "a.png",
+        "input_path": "/nowhere/a.png",
+        "input_sha256": "0" * 64,
+        "size_bytes": 3,
+        "task": request.task,
+        "params": request.model_dump(mode="json"),
+        "compat_key": repr(request.batch_key()),
+    }
+    fields.update(overrides)
+    return Job(**fields)
+
+
+def claim(store: JobStore, job_id: str, token: str = "t1", worker: str = "gpu0@h") -> Job | None:
+    return store.claim(job_id, worker=worker, device="cpu", claim=token)
+
+
+def test_schema_is_at_head_and_matches_the_models(store_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = init_db(store_url)
+    init_db(store_url)  # a second call is a no-op
+    tables = set(inspect(engine).get_table_names())
+    assert {"jobs", "batches", "job_events", "workers", "alembic_version"} <= tables
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), all_metadata())
+    assert diff == [], f"models and migrations differ: {diff}"
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    engine = init_db(f"sqlite:///{tmp_path / 'wal.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_claim_succeed_writes_one_result(store: JobStore) -> None:
+    job, created = store.create_job(new_job())
+    assert created and job.state == "queued"
+    running = claim(store, job.id)
+    assert running is not None and running.state == "running" and running.attempts == 1
+    assert claim(store, job.id, token="t2") is None  # a duplicate message cannot claim it
+    kwargs = {"result": {"x": 1}, "text": "hi", "timings": {}, "pages": 1, "summary_state": None}
+    assert not store.succeed(job.id, "someone-else", **kwargs)
+    assert store.succeed(job.id, "t1", **kwargs)
+    assert not store.succeed(job.id, "t1", **kwargs)  # never twice
+    done = store.get(job.id)
+    assert done is not None and done.state == "succeeded" and done.result_text == "hi"
+    events = [e["event"] for e in store.job_events(job.id)]
+    assert events == ["queued", "running", "succeeded"]
+    assert [e["event"] for e in store.published] == events  # type: ignore[attr-defined]
+
+
+def test_concurrent_claims_have_one_winner(store: JobStore) -> None:
+    job, _ = store.create_job(new_job())
+    winners: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def race(token: str) -> None:
+        barrier.wait()
+        if claim(store, job.id, token=token, worker=f"w{token}@h") is not None:
+            winners.append(token)
+
+    threads = [threading.Thread(target=race, args=(str(i),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+
+
+def test_companions_share_generation_parameters_and_first_attempts(store: JobStore) -> None:
+    primary, _ = store.create_job(new_job())
+    same = [store.create_job(new_job())[0] for _ in range(3)]
+    other, _ = store.create_job(new_job(request={"max_new_tokens": 5}))
+    retried, _ = store.create_job(new_job())
+    claim(store, retried.id, token="old")
+    store.requeue(retried.id, "interrupted", run_alone=True)
+    first = claim(store, primary.id)
+    assert first is not None
+    mates = store.claim_companions(first, 10, worker="gpu0@h", device="cpu", claim="t1")
+    assert {m.id for m in mates} == {j.id for j in same}
+    assert all(m.state == "running" and m.claim == "t1" for m in mates)
+    assert store.get(other.id).state == "queued"  # type: ignore[union-attr]
+    assert store.get(retried.id).state == "queued"  # type: ignore[union-attr]
+
+
+def test_cancel_and_retry(store: JobStore) -> None:
+    job, _ = store.create_job(new_job())
+    claim(store, job.id)
+    row, changed = store.cancel(job.id)
+    assert changed and row is not None and row.state == "cancelled"
+    kwargs = {"result": {}, "text": "late", "timings": {}, "pages": 1, "summary_state": None}
+    assert not store.succeed(job.id, "t1", **kwargs)  # the running worker's result is dropped
+    assert store.cancel(job.id)[1] is False
+    row, changed = store.retry(job.id)
+    assert changed and row is not None and row.state == "queued" and row.attempts == 0
+    assert store.retry(job.id)[1] is False  # queued: nothing to retry
+
+
+def test_failed_job_and_poison_requeue_rules(store: JobStore) -> None:
+    job, _ = store.create_job(new_job())
+    claim(store, job.id)
+    assert store.requeue(job.id, "interrupted", claim="t1", delay_s=30, run_alone=True)
+    row = store.get(job.id)
+    assert row is not None and row.state == "queued" and row.run_alone and row.attempts == 1
+    assert row.not_before is not None and row.not_before > utcnow()
+    assert store.queued_before(utcnow() + timedelta(seconds=5)) == []  # not due yet
+    claim(store, job.id, token="t2")
+    assert store.fail(job.id, "bad", "bad_input", claim="t2")
+    assert not store.fail(job.id, "again", "bad_input")
+    assert store.get(job.id).error == "bad"  # type: ignore[union-attr]
+
+
+def test_idempotency_key_returns_the_first_job(store: JobStore) -> None:
+    first, created = store.create_job(new_job(idempotency_key="ana\x1fk1"))
+    again, created_again = store.create_job(new_job(idempotency_key="ana\x1fk1"))
+    assert created and not created_again and again.id == first.id
+
+
+def test_list_pages_with_a_cursor(store: JobStore) -> None:
+    ids = [store.create_job(new_job(owner="ana" if i % 2 else "bo"))[0].id for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        rows, cursor = store.list_jobs(limit=3, cursor=cursor)
+        seen += [r.id for r in rows]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    rows, _ = store.list_jobs(owner="ana", limit=100)
+    assert len(rows) == 3
+    with pytest.raises(InvalidRequest):
+        store.list_jobs(cursor="not-a-cursor")
+
+
+def test_batch_finishes_once_with_a_digest(store: JobStore) -> None:
+    batch = Batch(id=str(uuid.uuid4()), source="folder", language="en")
+    jobs = [
+        store.create_job(new_job(batch_id=batch.id, request={"summarize": True}), batch=batch)[0]
+        for _ in range(2)
+    ]
+    assert store.finish_batch_if_done(batch.id) == (False, False)  # not closed yet
+    store.close_batch(batch.id)
+    assert store.finish_batch_if_done(batch.id) == (False, False)  # jobs still queued
+    with pytest.raises(InvalidRequest):
+        store.create_job(new_job(batch_id=batch.id), batch=batch)
+    for job in jobs:
+        claim(store, job.id)
+        store.fail(job.id, "x", "bad_input")
+    assert store.finish_batch_if_done(batch.id) == (True, True)
+    assert store.finish_batch_if_done(batch.id) == (False, False)
+    row, counts = store.get_batch(batch.id)
+    assert row is not None and row.total == 2 and counts == {"failed": 2}
+    assert store.digest_done(batch.id, "digest")
+    assert not store.digest_done(batch.id, "again")
+
+
+def test_worker_rows_and_staleness(store: JobStore) -> None:
+    store.register_worker(
+        WorkerRow(hostname="gpu0@h", pid=1, boot="b1", device="cpu", queues=[], state="idle")
+    )
+    assert store.heartbeat("gpu0@h", "b1", state="busy", current_jobs=["j"], jobs_done=3)
+    assert not store.heartbeat("gpu0@h", "other-boot")
+    assert store.stale_workers(utcnow() - timedelta(seconds=30)) == []
+    assert store.stale_workers(utcnow() + timedelta(seconds=1)) == ["gpu0@h"]
+    (row,) = store.list_workers()
+    assert row.state == "busy" and row.jobs_done == 3
+
+
+def test_purge_candidates_spare_files_still_needed(store: JobStore) -> None:
+    old, _ = store.create_job(new_job(input_path="/u/shared"))
+    claim(store, old.id)
+    store.fail(old.id, "x", "bad_input")
+    alone, _ = store.create_job(new_job(input_path="/u/alone"))
+    claim(store, alone.id)
+    store.fail(alone.id, "x", "bad_input")
+    store.create_job(new_job(input_path="/u/shared"))  # same content, still queued
+    ids, paths = store.purgeable(utcnow() + timedelta(seconds=1))
+    assert set(ids) == {old.id, alone.id}
+    assert paths == {"/u/alone"}
