@@ -1,0 +1,205 @@
+"""End to end with a real Redis, a real `celery worker` subprocess and the tiny models:
+submit -> SSE shows the state changes -> result; the `openai` client gets an answer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.api_fixtures import *  # noqa: F403
+from tests.api_fixtures import auth, jpeg_bytes, make_settings
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, api_redis_url: str, tiny_models_dir: Path
+) -> Iterator[dict[str, Any]]:
+    from web import create_app
+
+    tmp = tmp_path_factory.mktemp("api-e2e")
+    # Its own Redis database: other API tests' queued jobs never reach this worker.
+    redis_url = api_redis_url.rsplit("/", 1)[0] + "/7"
+    settings = make_settings(tmp, redis_url, models_dir=tiny_models_dir)
+    settings.api.rate_limit_per_minute = 0
+    settings.generation.max_new_tokens = 8
+    env = {
+        **os.environ,
+        "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
+        "APPLIANCE_DATA_DIR": str(settings.data_dir),
+        "APPLIANCE_MODELS_DIR": str(tiny_models_dir),
+        "APPLIANCE_REDIS_URL": redis_url,
+        "APPLIANCE_DEVICE": "cpu",
+        "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "8",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    app = create_app(settings)
+    _info, secret = app.extensions["appliance"].tokens.create("e2e", "submit")
+    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed in the finally below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "worker", "--exec", "--loglevel", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = app.test_client()
+    try:
+        deadline = time.monotonic() + 180
+        while client.get("/readyz", headers=auth(secret)).status_code != 200:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(
+                    "worker did not become ready:\n" + (tmp / "worker.log").read_text()[-3000:]
+                )
+            time.sleep(0.5)
+        yield {"app": app, "client": client, "secret": secret, "settings": settings}
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+        log.close()
+
+
+def _sse_events(response: Any, until_state: str, budget_s: float = 120) -> list[dict[str, Any]]:
+    events, buffer = [], b""
+    deadline = time.monotonic() + budget_s
+    for chunk in response.response:
+        buffer += chunk if isinstance(chunk, bytes) else chunk.encode()
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            data = [line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                events.append(json.loads(b"\n".join(data)))
+                if events[-1].get("state") == until_state:
+                    return events
+        if time.monotonic() > deadline:
+            break
+    return events
+
+
+def test_submit_then_sse_then_result(stack: dict[str, Any]) -> None:
+    client, headers = stack["client"], auth(stack["secret"])
+    # Open the stream first (from "now"), then submit: every change must show up.
+    stream = client.get("/api/v1/events?timeout=120", headers=headers, buffered=False)
+    assert stream.status_code == 200 and stream.mimetype == "text/event-stream"
+    resp = client.post(
+        "/api/v1/jobs",
+        headers=headers,
+        data={"file": (io.BytesIO(jpeg_bytes((200, 150))), "shelf.jpg"), "task": "caption"},
+    )
+    assert resp.status_code == 201, resp.json
+    job_id = resp.json["jobs"][0]["id"]
+    events = [e for e in _sse_events(stream, "succeeded") if e.get("job_id") == job_id]
+    stream.close()
+    states = [e["state"] for e in events if e.get("state")]
+    assert states[0] == "queued" and "running" in states and states[-1] == "succeeded", states
+
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json
+    assert job["state"] == "succeeded" and job["worker"]
+    result = client.get(f"/api/v1/jobs/{job_id}/result", headers=headers)
+    assert result.status_code == 200 and result.json["result"]["pages"][0]["page"] == 1
+    for fmt, mimetype in (("txt", "text/plain"), ("md", "text/markdown"), ("csv", "text/csv")):
+        other = client.get(f"/api/v1/jobs/{job_id}/result?format={fmt}", headers=headers)
+        assert other.status_code == 200 and other.mimetype == mimetype
+    assert (
+        client.get(f"/api/v1/jobs/{job_id}/result?format=csv", headers=headers)
+        .get_data(as_text=True)
+        .startswith("job_id,filename,task,page")
+    )
+    original = client.get(f"/api/v1/jobs/{job_id}/image", headers=headers)
+    assert original.mimetype == "image/jpeg" and original.data == jpeg_bytes((200, 150))
+    thumb = client.get(f"/api/v1/jobs/{job_id}/image?variant=thumbnail&size=64", headers=headers)
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers).status_code == 409
+
+    metrics = client.get("/metrics", headers=headers).get_data(as_text=True)
+    assert 'appliance_jobs{source="api",state="succeeded"}' in metrics
+    assert "appliance_job_latency_seconds_bucket" in metrics
+    assert 'appliance_queue_depth{lane="interactive"}' in metrics
+    workers = client.get("/api/v1/workers", headers=headers).json
+    assert workers["workers"] and "interactive" in workers["queue_depth"]
+
+
+@pytest.fixture(scope="module")
+def live_url(stack: dict[str, Any]) -> Iterator[str]:
+    server = make_server("127.0.0.1", 0, stack["app"], threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{live_url}/v1", api_key=stack["secret"], max_retries=0, timeout=120)
+    models = [m.id for m in client.models.list().data]
+    assert models == ["tiny-mllama-vision"]
+    image = base64.b64encode(jpeg_bytes((120, 90), (20, 140, 60))).decode()
+    messages: Any = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What colour is this?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{image}"}},
+            ],
+        }
+    ]
+    answer = client.chat.completions.create(model=models[0], messages=messages, max_tokens=6)
+    assert answer.choices[0].message.role == "assistant"
+    assert isinstance(answer.choices[0].message.content, str)
+    assert answer.choices[0].finish_reason == "stop"
+
+    chunks = list(
+        client.chat.completions.create(
+            model=models[0],
+            messages=messages,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert chunks[-1].usage is not None
+    assert isinstance(text, str)
+
+    # An https image URL cannot be fetched offline: a clear 400, in OpenAI's error shape too.
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as err:
+        client.chat.completions.create(
+            model=models[0],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}
+                    ],
+                }
+            ],
+        )
+    assert "only data: image URLs" in str(err.value)

@@ -1,0 +1,322 @@
+"""/api/v1/jobs: submit files, list, show, cancel, retry, results and images."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, g, request
+from flask.views import MethodView
+from flask_smorest.fields import Upload
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from appliance import intake
+from appliance.errors import InvalidRequest
+from appliance.schema import LANGUAGES, TASKS, TaskRequest
+from web.api import Blueprint, jobview, results
+from web.problems import Problem
+from web.services import services
+from web.uploads import read_upload, safe_filename, validate_upload
+
+blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Jobs: one per file")
+
+_BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,36}$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class SubmitSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    task = ma.fields.String(load_default="caption", validate=ma.validate.OneOf(TASKS))
+    prompt = ma.fields.String(load_default=None, validate=ma.validate.Length(max=4000))
+    labels = ma.fields.String(
+        load_default="", metadata={"description": "comma-separated labels (classify)"}
+    )
+    fields = ma.fields.String(
+        load_default="", metadata={"description": "comma-separated field names (extract)"}
+    )
+    summarize = ma.fields.Boolean(load_default=False)
+    language = ma.fields.String(load_default="en", validate=ma.validate.OneOf(list(LANGUAGES)))
+    priority = ma.fields.String(
+        load_default="interactive", validate=ma.validate.OneOf(jobview.PRIORITIES)
+    )
+    batch = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.Regexp(_BATCH_ID),
+        metadata={"description": "batch id to group jobs under (default: a new one per request)"},
+    )
+    max_new_tokens = ma.fields.Integer(load_default=None, validate=ma.validate.Range(1, 4096))
+    file = ma.fields.List(
+        Upload(),
+        required=True,
+        validate=ma.validate.Length(min=1),
+        metadata={"description": "one or more images or PDFs (repeat the part)"},
+    )
+
+
+class JobSchema(ma.Schema):
+    id = ma.fields.String()
+    state = ma.fields.String(metadata={"enum": list(jobview.STATES)})
+    source = ma.fields.String()
+    priority = ma.fields.String()
+    owner = ma.fields.String(allow_none=True)
+    batch_id = ma.fields.String(allow_none=True)
+    filename = ma.fields.String()
+    input_sha256 = ma.fields.String()
+    size_bytes = ma.fields.Integer()
+    pages = ma.fields.Integer(allow_none=True)
+    request = ma.fields.Dict(
+        metadata={"description": "task, prompt, labels, fields, language, ..."}
+    )
+    attempts = ma.fields.Integer()
+    worker = ma.fields.String(allow_none=True)
+    device = ma.fields.String(allow_none=True)
+    summary_state = ma.fields.String(allow_none=True)
+    summary = ma.fields.String(allow_none=True)
+    summary_error = ma.fields.String(allow_none=True)
+    timings = ma.fields.Dict(allow_none=True)
+    error = ma.fields.String(allow_none=True, metadata={"description": "why it failed"})
+    error_code = ma.fields.String(allow_none=True)
+    created_at = ma.fields.String()
+    updated_at = ma.fields.String()
+    started_at = ma.fields.String(allow_none=True)
+    finished_at = ma.fields.String(allow_none=True)
+    input_purged = ma.fields.Boolean()
+
+
+class SubmittedSchema(ma.Schema):
+    batch_id = ma.fields.String(allow_none=True)
+    jobs = ma.fields.List(ma.fields.Nested(JobSchema))
+
+
+class JobListQuerySchema(ma.Schema):
+    state = ma.fields.String(load_default=None, validate=ma.validate.OneOf(jobview.STATES))
+    source = ma.fields.String(load_default=None, validate=ma.validate.OneOf(jobview.SOURCES))
+    batch = ma.fields.String(load_default=None, validate=ma.validate.Regexp(_BATCH_ID))
+    since = ma.fields.AwareDateTime(
+        load_default=None, metadata={"description": "created at or after"}
+    )
+    until = ma.fields.AwareDateTime(load_default=None, metadata={"description": "created before"})
+    limit = ma.fields.Integer(load_default=50, validate=ma.validate.Range(1, 500))
+    cursor = ma.fields.String(load_default=None, validate=ma.validate.Length(max=200))
+
+
+class JobListSchema(ma.Schema):
+    items = ma.fields.List(ma.fields.Nested(JobSchema))
+    next_cursor = ma.fields.String(allow_none=True)
+
+
+class ResultQuerySchema(ma.Schema):
+    format = ma.fields.String(
+        load_default="json", validate=ma.validate.OneOf(list(results.FORMATS))
+    )
+
+
+class ImageQuerySchema(ma.Schema):
+    variant = ma.fields.String(
+        load_default="original", validate=ma.validate.OneOf(["original", "thumbnail"])
+    )
+    page = ma.fields.Integer(
+        load_default=1,
+        validate=ma.validate.Range(1, 10_000),
+        metadata={"description": "PDF/TIFF page"},
+    )
+    size = ma.fields.Integer(load_default=256, validate=ma.validate.Range(16, 1024))
+
+
+def _task_request(form: dict[str, Any]) -> TaskRequest:
+    try:
+        return TaskRequest(
+            task=form["task"],
+            prompt=form["prompt"],
+            labels=_csv_list(form["labels"]),
+            fields=_csv_list(form["fields"]),
+            summarize=form["summarize"],
+            language=form["language"],
+            max_new_tokens=form["max_new_tokens"],
+        )
+    except ValidationError as exc:
+        raise Problem(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+    except InvalidRequest as exc:
+        raise Problem(422, str(exc)) from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise Problem(400, "Idempotency-Key must be 1-200 visible ASCII characters")
+    # Scoped to the token, so two integrators choosing the same key never collide.
+    return f"{g.principal.id}:{key}"
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(SubmitSchema, location="multipart")
+    @blp.response(201, SubmittedSchema)
+    @blp.doc(parameters=[{"in": "header", "name": "Idempotency-Key", "schema": {"type": "string"}}])
+    def post(self, form: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Submit one or many files (multipart field `file`, repeated); one job per file."""
+        svc = services()
+        uploads = form["file"]
+        if not uploads or not all(isinstance(u, FileStorage) for u in uploads):
+            raise Problem(422, "send one or more multipart *file* parts named 'file'")
+        if len(uploads) > svc.settings.api.max_files:
+            raise Problem(413, f"at most {svc.settings.api.max_files} files per request")
+        task = _task_request(form)
+        key = _idempotency_key()
+        jobview.check_queue_capacity(svc, len(uploads))
+        # Read and sniff every file first: one bad file rejects the request before any job exists.
+        payloads = []
+        for storage in uploads:
+            data = read_upload(storage, svc.settings.limits.max_bytes)
+            name = safe_filename(storage.filename)
+            validate_upload(data, name, svc.settings.limits)
+            payloads.append((data, name))
+        batch_id = form["batch"]
+        if batch_id is None and len(payloads) > 1:
+            # A retried request (same Idempotency-Key) must name the same batch.
+            batch_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4())
+        created = []
+        for index, (data, name) in enumerate(payloads):
+            job = svc.jobs.submit(
+                data,
+                name,
+                task,
+                source="api",
+                priority=form["priority"],
+                batch_id=batch_id,
+                idempotency_key=f"{key}:{index}" if key else None,
+                owner=g.principal.name,
+            )
+            created.append(jobview.to_dict(job))
+        if batch_id is not None and form["batch"] is None:
+            # A batch made for this request is complete: let its digest be made.
+            svc.jobs.close_batch(batch_id)
+        return {"batch_id": batch_id, "jobs": created}, 201
+
+    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.response(200, JobListSchema)
+    def get(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List jobs, newest first, filtered; follow `next_cursor` for the next page."""
+        page = services().jobs.list(
+            state=query["state"],
+            source=query["source"],
+            batch_id=query["batch"],
+            since=query["since"],
+            until=query["until"],
+            limit=query["limit"],
+            cursor=query["cursor"],
+        )
+        return {"items": [jobview.to_dict(j) for j in page.items], "next_cursor": page.next_cursor}
+
+
+@blp.route("/<job_id>")
+class Job(MethodView):
+    @blp.response(200, JobSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """One job."""
+        return jobview.to_dict(jobview.get_or_404(services().jobs, job_id))
+
+
+@blp.route("/<job_id>/cancel")
+class Cancel(MethodView):
+    @blp.response(200, JobSchema)
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job (409 if it already ended)."""
+        jobs = services().jobs
+        job = jobview.get_or_404(jobs, job_id)
+        if job.state in jobview.TERMINAL:
+            raise Problem(409, f"job {job_id} already ended ({job.state})")
+        jobs.cancel(job_id)
+        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+
+
+@blp.route("/<job_id>/retry")
+class Retry(MethodView):
+    @blp.response(200, JobSchema)
+    def post(self, job_id: str) -> dict[str, Any]:
+        """Run a failed or cancelled job again (409 otherwise)."""
+        jobs = services().jobs
+        job = jobview.get_or_404(jobs, job_id)
+        if job.state not in ("failed", "cancelled"):
+            raise Problem(
+                409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
+            )
+        jobs.retry(job_id)
+        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+
+
+@blp.route("/<job_id>/result")
+class Result(MethodView):
+    @blp.arguments(ResultQuerySchema, location="query")
+    @blp.response(200, description="The result as JSON, text, Markdown or CSV")
+    def get(self, query: dict[str, Any], job_id: str) -> Response:
+        """The result of a succeeded job (`?format=json|txt|md|csv`)."""
+        jobs = services().jobs
+        job = jobview.get_or_404(jobs, job_id)
+        reason = jobview.failure(job)
+        if reason is not None:
+            raise Problem(409, f"job {job_id} has no result: {reason}")
+        if job.state != "succeeded":
+            raise Problem(409, f"job {job_id} is {job.state}; the result is not ready yet")
+        result = jobview.result_of(job)
+        if result is None:  # pragma: no cover - a succeeded job always has one
+            raise Problem(500, f"job {job_id} succeeded but its result is missing")
+        fmt = query["format"]
+        body = results.render(result, fmt, jobview.to_dict(job))
+        resp = Response(body, mimetype=results.FORMATS[fmt].split(";")[0])
+        if fmt != "json":
+            resp.headers["Content-Disposition"] = f'attachment; filename="{job_id}.{fmt}"'
+        return resp
+
+
+_IMAGE_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "gif": "image/gif",
+    "tiff": "image/tiff",
+    "pdf": "application/pdf",
+}
+
+
+@blp.route("/<job_id>/image")
+class Image(MethodView):
+    @blp.arguments(ImageQuerySchema, location="query")
+    @blp.response(200, description="The original file, or a JPEG preview of one page")
+    def get(self, query: dict[str, Any], job_id: str) -> Response:
+        """The uploaded file (`variant=original`) or a JPEG thumbnail of page `page`."""
+        svc = services()
+        job = jobview.get_or_404(svc.jobs, job_id)
+        if job.input_purged:
+            raise Problem(410, f"the file of job {job_id} was removed by the retention policy")
+        data = svc.jobs.input_file(job_id).read_bytes()
+        kind = intake.sniff(data)
+        if query["variant"] == "original":
+            resp = Response(data, mimetype=_IMAGE_TYPES[kind])
+            # Never rendered inline as anything but what it is: no sniffing into HTML.
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            resp.headers["Content-Security-Policy"] = "sandbox"
+            return resp
+        page = query["page"]
+        if page == 1:
+            preview = intake.thumbnail(data, query["size"], limits=svc.settings.limits)
+        else:
+            pages = intake.load_pages(data, svc.settings.limits)
+            if page > len(pages):
+                raise Problem(404, f"{job.filename or 'the file'} has {len(pages)} page(s)")
+            preview = intake.thumbnail([pages[page - 1]], query["size"])
+        resp = Response(preview, mimetype="image/jpeg")
+        resp.headers["Cache-Control"] = "private, max-age=3600"
+        return resp

@@ -1,0 +1,106 @@
+"""The web layer's view of a job: how a `JobService` job becomes JSON, and waiting for one.
+
+Kept in one module so the views stay thin and only this file knows the job object's shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from appliance.schema import AnalysisResult
+from web.problems import Problem
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = {"succeeded", "failed", "cancelled"}
+SOURCES = ("panel", "api", "folder", "cli")
+PRIORITIES = ("interactive", "bulk")
+
+
+def job_id(job: Any) -> str:
+    return str(getattr(job, "id", job))
+
+
+# Server-side details a client has no use for (and should not learn: paths on the box).
+_HIDDEN = {"input_path", "result", "result_text"}
+
+
+def to_dict(job: Any) -> dict[str, Any]:
+    """A job as the API shows it (the result body itself is at /result)."""
+    return {k: v for k, v in job.to_dict().items() if k not in _HIDDEN}
+
+
+def get_or_404(jobs: Any, job_id_: str) -> Any:
+    job = jobs.get(job_id_)
+    if job is None:
+        raise Problem(404, f"no job with id {job_id_!r}")
+    return job
+
+
+def failure(job: Any) -> str | None:
+    state = getattr(job, "state", None)
+    if state == "failed":
+        return getattr(job, "error", None) or "the job failed"
+    if state == "cancelled":
+        return "the job was cancelled"
+    return None
+
+
+def result_of(job: Any) -> AnalysisResult | None:
+    result = AnalysisResult.model_validate(job.result) if job.result else None
+    if result is not None and job.summary and not result.summary:
+        # Summaries run as a follow-up task and land beside the result.
+        result.summary = job.summary
+    return result
+
+
+def check_queue_capacity(svc: Any, adding: int = 1) -> None:
+    """503 + Retry-After when the waiting jobs already reach the configured ceiling."""
+    depth = svc.jobs.queue_depth()
+    waiting = depth.get("interactive", 0) + depth.get("bulk", 0)
+    limit = svc.settings.api.max_queue_depth
+    if waiting + adding > limit:
+        raise Problem(
+            503,
+            f"the queue is full ({waiting} jobs waiting, limit {limit}); try again later",
+            headers={"Retry-After": str(svc.settings.api.queue_full_retry_after)},
+        )
+
+
+def wait_all(
+    jobs: Any, ids: list[str], timeout: float, cancel_on_timeout: bool = False
+) -> list[Any]:
+    """Poll until every job is terminal; 504 after `timeout` seconds.
+
+    Polling the store (the source of truth) rather than trusting pub/sub alone: a missed
+    message cannot hang a request. Starts fast so an idle GPU's answer is not delayed.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    pending = list(ids)
+    done: dict[str, Any] = {}
+    while True:
+        for jid in list(pending):
+            job = jobs.get(jid)
+            if job is None:
+                raise Problem(404, f"job {jid} disappeared")
+            if getattr(job, "state", None) in TERMINAL:
+                done[jid] = job
+                pending.remove(jid)
+        if not pending:
+            return [done[j] for j in ids]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            if cancel_on_timeout:
+                for jid in pending:
+                    cancel_quietly(jobs, jid)
+            raise Problem(504, f"timed out after {timeout:.0f} s waiting for the job")
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 1.5, 0.5)
+
+
+def cancel_quietly(jobs: Any, jid: str) -> None:
+    # A job that just finished cannot be cancelled; that is fine here.
+    with contextlib.suppress(Exception):
+        jobs.cancel(jid)

@@ -1,0 +1,310 @@
+"""The panel's fetch/XHR endpoints: upload one file, the live queue (snapshot + SSE), cancel,
+retry. JSON in and out; the session and CSRF checks ran in `auth._load_user`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, abort, jsonify, request, stream_with_context, url_for
+from pydantic import ValidationError
+
+from appliance import intake
+from appliance.errors import (
+    ApplianceError,
+    IntakeError,
+    InvalidRequest,
+    JobStateConflict,
+    TooManyPages,
+)
+from appliance.schema import TaskRequest
+from appliance.settings import Limits
+from web.panel import bp, queries
+from web.panel.auth import current_user
+from web.panel.db import jobs_service, read_db, settings
+from web.problems import Problem
+from web.uploads import read_upload, safe_filename
+
+log = logging.getLogger(__name__)
+TERMINAL = ("succeeded", "failed", "cancelled")
+_TICK_SECONDS = 1.0
+_END = object()
+# Short: a write is how a thread notices its browser left, and gunicorn's graceful stop waits
+# for every open stream to end.
+_KEEPALIVE_SECONDS = 5.0
+
+
+def precheck(data: bytes, limits: Limits) -> int:
+    """The cheap intake check before a job exists; the page count. Raises `IntakeError`.
+
+    Sniffs the type, counts pages without rendering, and decodes only the first page (JPEG at
+    reduced scale): enough to refuse bombs, damaged files and 900-page PDFs with their reason
+    on the spot, instead of as a failed job minutes later.
+    """
+    intake.sniff(data)
+    pages = intake.page_count(data)
+    if pages > limits.max_pages:
+        raise TooManyPages(f"the file has {pages} pages; the limit is {limits.max_pages}")
+    intake.thumbnail(data, 64, limits=limits)
+    return pages
+
+
+def _scoped_id(kind: str, client_value: str) -> str | None:
+    """A client-chosen batch id or idempotency key, namespaced by user.
+
+    The browser makes up the value (one per drop); hashing it with the user name means one
+    user can never join or replay another user's batch or upload, whatever they send.
+    """
+    client_value = (client_value or "").strip()
+    if not client_value:
+        return None
+    if len(client_value) > 64 or not client_value.isalnum():
+        raise InvalidRequest(f"bad {kind} id")
+    digest = hashlib.sha256(f"panel:{kind}:{current_user().name}:{client_value}".encode())
+    return str(uuid.UUID(bytes=digest.digest()[:16]))
+
+
+def _task_request(form: Any) -> TaskRequest:
+    def split(name: str) -> list[str]:
+        return [v.strip() for v in form.get(name, "").split(",") if v.strip()]
+
+    try:
+        return TaskRequest(
+            task=form.get("task", "caption"),
+            prompt=form.get("prompt", "").strip()[:4000] or None,
+            labels=split("labels"),
+            fields=split("fields"),
+            summarize=form.get("summarize") in ("1", "true", "on"),
+            language=form.get("language", "en"),
+        )
+    except ValidationError as exc:
+        raise InvalidRequest("; ".join(str(e["msg"]) for e in exc.errors())) from None
+
+
+def _reject(status: int, detail: str) -> Response:
+    resp = jsonify({"status": status, "detail": detail})
+    resp.status_code = status
+    return resp
+
+
+@bp.route("/upload", methods=["POST"])
+def upload() -> Response:
+    """One file per request, so every file gets its own progress bar and its own verdict."""
+    storage = request.files.get("file")
+    if storage is None:
+        return _reject(422, "no file in the request")
+    name = safe_filename(storage.filename)
+    limits = settings().limits
+    try:
+        task = _task_request(request.form)
+        data = read_upload(storage, limits.max_bytes)
+        pages = precheck(data, limits)
+        batch_id = _scoped_id("batch", request.form.get("batch", ""))
+        key = _scoped_id("upload", request.form.get("key", ""))
+    except IntakeError as exc:
+        return _reject(422, f"{name}: {exc}")
+    except ApplianceError as exc:
+        return _reject(422, str(exc))
+    except Problem as exc:  # read_upload: larger than the limit
+        return _reject(exc.status, exc.detail)
+    service = jobs_service()
+    owner = current_user().name
+    if batch_id is not None:
+        # Files dropped together get one digest; opening is idempotent (same id per drop).
+        service.open_batch(
+            source="panel",
+            owner=owner,
+            label=f"panel upload by {owner}",
+            language=task.language,
+            digest=True,
+            batch_id=batch_id,
+        )
+    job = service.submit(
+        data,
+        name,
+        task,
+        source="panel",
+        priority="interactive",
+        batch_id=batch_id,
+        idempotency_key=key,
+        owner=owner,
+    )
+    row = queries.visible_job(read_db(), current_user(), str(job.id))
+    positions = queries.lane_positions(read_db())
+    body = panel_job(row or job, positions)
+    body["pages"] = pages
+    return jsonify({"job": body}), 201  # type: ignore[return-value]
+
+
+@bp.route("/batches/close", methods=["POST"])
+def close_batch() -> Response:
+    """The browser says every file of a drop has been sent: the digest may be made."""
+    try:
+        batch_id = _scoped_id("batch", request.form.get("batch", ""))
+    except InvalidRequest as exc:
+        return _reject(422, str(exc))
+    info = jobs_service().get_batch(batch_id) if batch_id else None
+    if info is None or info.owner != current_user().name:
+        abort(404, "no such batch")
+    if info.closed_at is None:
+        jobs_service().close_batch(batch_id)
+    return jsonify({"batch": batch_id, "url": url_for("panel.batch", batch_id=batch_id)})
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else None
+
+
+def panel_job(job: Any, positions: dict[str, int], now: datetime | None = None) -> dict[str, Any]:
+    """A job as the queue table shows it (elapsed is computed here: the browser's clock may be
+    minutes off the box's)."""
+    now = now or datetime.now(UTC)
+    state = job.state
+    created, started, finished = job.created_at, job.started_at, job.finished_at
+    if state in TERMINAL and finished and created:
+        elapsed = (finished - created).total_seconds()
+    elif state == "running" and started:
+        elapsed = (now - started).total_seconds()
+    elif created:
+        elapsed = (now - created).total_seconds()
+    else:
+        elapsed = None
+    job_id = str(job.id)
+    worker = getattr(job, "worker", None)
+    device = getattr(job, "device", None)
+    return {
+        "id": job_id,
+        "filename": job.filename,
+        "task": getattr(job, "task", None) or (getattr(job, "params", None) or {}).get("task"),
+        "state": state,
+        "owner": job.owner,
+        "position": positions.get(job_id) if state == "queued" else None,
+        "lane": getattr(job, "priority", None),
+        "worker": f"{worker} ({device})" if worker and device else worker,
+        "error": job.error if state == "failed" else None,
+        "elapsed": elapsed,
+        "created_at": _iso(created),
+        "url": url_for("panel.job", job_id=job_id),
+        "cancel_url": url_for("panel.cancel", job_id=job_id),
+        "retry_url": url_for("panel.retry", job_id=job_id),
+        "can_cancel": state in ("queued", "running"),
+        "can_retry": state in ("failed", "cancelled"),
+    }
+
+
+def _queue(user: Any) -> list[dict[str, Any]]:
+    db = read_db()
+    positions = queries.lane_positions(db)
+    return [panel_job(j, positions) for j in queries.queue_jobs(db, user)]
+
+
+@bp.route("/queue.json")
+def queue_snapshot() -> Response:
+    return jsonify({"jobs": _queue(current_user())})
+
+
+def _stream(user: Any, seconds: float) -> Iterator[str]:
+    """SSE: one `snapshot`, then a `job` event for every job whose row changed.
+
+    Job events from the service wake the loop at once; it also re-reads every second, so a lost
+    pub/sub message or a queue position that moved (someone else's job started) still shows.
+    The store is the truth; the event feed is only the doorbell.
+    """
+    deadline = time.monotonic() + seconds
+    yield "retry: 1000\n\n"
+    last: dict[str, str] = {}
+    current = _queue(user)
+    for job in current:
+        last[job["id"]] = _fingerprint(job)
+    yield f"event: snapshot\ndata: {json.dumps({'jobs': current})}\n\n"
+    feed = _feed(user, seconds)
+    quiet_since = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if next(feed, _END) is _END:
+                return
+            changed = []
+            for job in _queue(user):
+                fp = _fingerprint(job)
+                if last.get(job["id"]) != fp:
+                    last[job["id"]] = fp
+                    changed.append(job)
+            for job in changed:
+                yield f"event: job\ndata: {json.dumps(job)}\n\n"
+            if changed:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > _KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+    finally:
+        close = getattr(feed, "close", None)
+        if close:
+            close()
+
+
+def _fingerprint(job: dict[str, Any]) -> str:
+    # Elapsed ticks in the browser; only real changes are sent.
+    return json.dumps({k: v for k, v in job.items() if k != "elapsed"}, sort_keys=True)
+
+
+def _feed(user: Any, seconds: float) -> Iterator[Any]:
+    """Yields on each job event, or after `_TICK_SECONDS` without one."""
+    try:
+        yield from jobs_service().events(
+            owner=None if user.is_admin else user.name, poll_s=_TICK_SECONDS, max_s=seconds
+        )
+    except Exception:  # the event log unreadable: fall back to plain polling of the store
+        log.warning("job events unavailable; polling", exc_info=True)
+        while True:
+            time.sleep(_TICK_SECONDS)
+            yield None
+
+
+@bp.route("/events")
+def events() -> Response:
+    seconds = settings().panel.events_max_seconds
+    return Response(
+        # The stream outlives the view: keep the request (url_for, current_app) around for it.
+        stream_with_context(_stream(current_user(), seconds)),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _own_or_404(job_id: str) -> Any:
+    job = queries.visible_job(read_db(), current_user(), job_id)
+    if job is None:
+        abort(404, "no such job")
+    return job
+
+
+@bp.route("/jobs/<job_id>/cancel", methods=["POST"])
+def cancel(job_id: str) -> Response:
+    job = _own_or_404(job_id)
+    if job.state in TERMINAL:
+        return _reject(409, f"the job already ended ({job.state})")
+    try:
+        jobs_service().cancel(job_id)
+    except JobStateConflict as exc:  # it ended between our read and the cancel
+        return _reject(409, str(exc))
+    return jsonify({"job": panel_job(_own_or_404(job_id), {})})
+
+
+@bp.route("/jobs/<job_id>/retry", methods=["POST"])
+def retry(job_id: str) -> Response:
+    job = _own_or_404(job_id)
+    if job.state not in ("failed", "cancelled"):
+        return _reject(
+            409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
+        )
+    try:
+        jobs_service().retry(job_id)
+    except JobStateConflict as exc:
+        return _reject(409, str(exc))
+    return jsonify({"job": panel_job(_own_or_404(job_id), queries.lane_positions(read_db()))})

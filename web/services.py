@@ -1,0 +1,68 @@
+"""What the views talk to, built once per process and kept in `app.extensions["appliance"]`.
+
+Everything is created lazily: importing the app or serving `/healthz` must not need Redis, the
+database or a model, and gunicorn forks workers after `create_app`, so connections are opened
+in the worker that uses them.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app
+
+from appliance.settings import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from appliance.jobs import JobService
+    from appliance.tokens import RateLimiter, TokenStore
+    from web.auth import _TokenCache
+
+
+class Services:
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        # Tests may pass ready-made collaborators (jobs=..., tokens=..., redis=...).
+        for key, value in overrides.items():
+            self.__dict__[key] = value
+
+    @cached_property
+    def redis(self) -> Redis:
+        from redis import Redis
+
+        return Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+
+    @cached_property
+    def jobs(self) -> JobService:
+        from appliance.jobs import JobService
+
+        with self._lock:
+            return JobService.from_settings(self.settings)
+
+    @cached_property
+    def tokens(self) -> TokenStore:
+        from appliance.tokens import TokenStore
+
+        with self._lock:
+            return TokenStore.from_settings(self.settings)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        from appliance.tokens import RateLimiter
+
+        return RateLimiter(self.redis, self.settings.api.rate_limit_per_minute)
+
+    @cached_property
+    def token_cache(self) -> _TokenCache:
+        from web.auth import _TokenCache
+
+        return _TokenCache(self.settings.api.token_cache_seconds)
+
+
+def services() -> Services:
+    return current_app.extensions["appliance"]

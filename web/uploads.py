@@ -1,0 +1,86 @@
+"""Upload handling: where Werkzeug spools multipart files, and what a client filename may be.
+
+A client filename is only ever a *label* (shown in listings, used in result downloads); files
+are stored by the job store under names it makes itself. Still, the label is cleaned here so
+that nothing downstream can be tricked by `../`, absolute paths, NULs or 4 KB names.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import unicodedata
+from typing import IO
+
+from flask import Request, current_app
+from werkzeug.datastructures import FileStorage
+
+from appliance import intake
+from appliance.errors import ApplianceError, TooManyPages
+from appliance.settings import Limits
+from web.problems import Problem, status_for
+
+MAX_NAME = 200
+# Werkzeug's own spool threshold: small parts stay in memory.
+_SPOOL_BYTES = 500 * 1024
+
+
+class UploadRequest(Request):
+    """Spools large multipart parts into `<data_dir>/tmp`, not the system temp dir.
+
+    Keeps every byte a client sends inside the data dir (one disk, one quota, one place to
+    clean), and the temporary file is anonymous: it vanishes when the request ends.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        tmp = current_app.extensions["appliance"].settings.data_dir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, mode="rb+", dir=tmp)
+
+
+def safe_filename(name: str | None, default: str = "upload") -> str:
+    """A display name with no directory part, control characters or absurd length."""
+    if not name:
+        return default
+    name = unicodedata.normalize("NFC", name)
+    # Both separators: a Windows client sends C:\\Users\\x\\scan.pdf.
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in "\x00/")
+    name = name.strip().lstrip(".").strip()
+    if len(name) > MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        ext = ext[:16] if dot and stem else ""
+        name = name[: MAX_NAME - len(ext) - 1] + "." + ext if ext else name[:MAX_NAME]
+    return name or default
+
+
+def read_upload(storage: FileStorage, max_bytes: int) -> bytes:
+    """The part's bytes, refusing (413) beyond `max_bytes` without reading further."""
+    data = storage.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Problem(
+            413,
+            f"file {safe_filename(storage.filename)!r} is larger than "
+            f"{max_bytes // (1024 * 1024)} MB",
+        )
+    return data
+
+
+def validate_upload(data: bytes, name: str, limits: Limits) -> None:
+    """Refuse at the door what a worker would fail on: wrong type, damaged, bomb, too many pages.
+
+    Decodes only the first page (JPEGs at reduced size), so a good 200 KB photo costs a few
+    milliseconds; the worker still loads every page under the same limits.
+    """
+    try:
+        kind = intake.sniff(data)
+        if kind in ("pdf", "tiff") and intake.page_count(data) > limits.max_pages:
+            raise TooManyPages(f"more than {limits.max_pages} pages")
+        intake.thumbnail(data, 32, limits=limits)
+    except ApplianceError as exc:
+        raise Problem(status_for(exc), f"{name}: {exc}") from None
