@@ -1,0 +1,658 @@
+"""The watch loop: events and rescans feed the stability tracker; complete files are claimed,
+submitted at bulk priority, and finished from the job store.
+
+Completion is noticed by polling the store for this watcher's outstanding claims (one bulk
+query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash the claims in
+`.processing/` *are* the list of things to finish, so a restart needs nothing else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from appliance.errors import ApplianceError
+from appliance.schema import TaskRequest
+from appliance.settings import DropFolder, Settings
+from appliance.watch.batches import Batch, BatchBook
+from appliance.watch.claims import Claim, claim, load_claims
+from appliance.watch.filters import PathFilter
+from appliance.watch.outputs import Layout, atomic_write, free_name
+from appliance.watch.port import Jobs, JobView
+from appliance.watch.stability import StabilityTracker
+
+log = logging.getLogger(__name__)
+
+JOB_POLL_SECONDS = 0.5
+# How long a closed batch waits for its digest before the file is written without it.
+DIGEST_WAIT_SECONDS = 900.0
+INDEX = ".index.jsonl"  # in .processing/: sha256 -> earlier result, for dedupe
+
+
+class FolderBusy(ApplianceError):
+    """Another watcher process already watches this folder."""
+
+
+def folder_request(folder: DropFolder) -> TaskRequest:
+    return TaskRequest(
+        task=folder.task,  # type: ignore[arg-type]  # validated by TaskRequest itself
+        prompt=folder.prompt,
+        labels=folder.labels,
+        fields=folder.fields,
+        language=folder.language,
+        summarize=folder.summarize,
+    )
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in the observer thread: only hands events over, the loop thread does the work."""
+
+    def __init__(self, sink: queue.SimpleQueue[tuple[str, str, str | None, bool]]) -> None:
+        self.sink = sink
+        # Wakes the loop at once, so a file's settle time starts at its last event, not at the
+        # next tick (the Watcher replaces it with its shared one).
+        self.wake = threading.Event()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        dest = os.fsdecode(event.dest_path) if event.dest_path else None
+        self.sink.put((event.event_type, os.fsdecode(event.src_path), dest, event.is_directory))
+        self.wake.set()
+
+
+class FolderWatcher:
+    """One drop folder. Drive it with `start()`, then `tick()` until `idle()` (or forever)."""
+
+    def __init__(
+        self,
+        folder: DropFolder,
+        jobs: Jobs,
+        *,
+        on_submitted: Callable[[Claim], None] | None = None,
+    ) -> None:
+        self.folder = folder.model_copy(update={"path": Path(folder.path).resolve()})
+        self.root = self.folder.path
+        self.jobs = jobs
+        self.request = folder_request(folder)
+        self.request_key = self.request.model_dump_json()
+        self.layout = Layout(self.folder)
+        self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
+        self.tracker = StabilityTracker(self.folder.settle_seconds)
+        self.batches = BatchBook(self.root, self.folder.batch_gap_seconds)
+        self.events: queue.SimpleQueue[tuple[str, str, str | None, bool]] = queue.SimpleQueue()
+        self.handler = _Handler(self.events)
+        self.outstanding: dict[str, Claim] = {}  # claim name -> claim
+        self.inflight: dict[str, Claim] = {}  # sha256 -> first claim with that content
+        self.waiting: dict[str, list[Claim]] = {}  # sha256 -> duplicates waiting on inflight
+        self.index: dict[str, dict[str, Any]] = {}
+        self.on_submitted = on_submitted
+        self._skip: dict[Path, tuple[int, int]] = {}  # left-in-place originals already done
+        self._last_rescan = 0.0
+        self._last_poll = 0.0
+        self._lock_fh: IO[str] | None = None
+
+    # -- start-up and reconciliation ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".processing").mkdir(exist_ok=True)
+        self._lock()
+        self._load_index()
+        claims = load_claims(self.root)
+        self.batches.load((c.name, c.batch_id, c.claimed_at) for c in claims if c.batch_id)
+        for c in claims:
+            self._resume(c)
+        self.rescan()
+
+    def _lock(self) -> None:
+        """One watcher per folder: a second one would finish the first one's claims too.
+
+        flock is dropped by the kernel when the holder dies, SIGKILL included, so a crash
+        never leaves the folder locked.
+        """
+        self._lock_fh = open(self.root / ".processing" / ".lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise FolderBusy(f"another watcher is running on {self.root}") from None
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # releases the flock
+            self._lock_fh = None
+
+    def _resume(self, c: Claim) -> None:
+        """A claim found on start: finish it, or (re-)submit it. The key makes re-submits safe."""
+        if c.sha256 is None or c.size is None:
+            c.hash()
+        if c.batch_id is None:
+            c.batch_id = self.batches.assign(c.name, c.claimed_at)
+        self.outstanding[c.name] = c
+        if c.job_id is None:
+            self._dispatch(c)
+        elif self.folder.dedupe and c.sha256:
+            self.inflight.setdefault(c.sha256, c)  # an identical newcomer waits on this one
+        # Claims with a job id are checked by the next poll, which also re-submits missing jobs.
+
+    def rescan(self) -> None:
+        """Walk the folder: files present at start, and whatever events were missed."""
+        self._last_rescan = time.monotonic()
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            rel_dir = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
+            if rel_dir.parts and self.filter.dir_ignored(rel_dir):
+                dirnames[:] = []
+                continue
+            dirnames[:] = [d for d in dirnames if not self.filter.dir_ignored(rel_dir / d)]
+            for name in filenames:
+                self._hint(Path(dirpath) / name, rel_dir / name)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def tick(self, *, final: bool = False) -> None:
+        self._drain_events()
+        if time.monotonic() - self._last_rescan >= self.folder.rescan_seconds:
+            self.rescan()
+        for path in self.tracker.ready():
+            try:
+                self._take(path)
+            except Exception:
+                # One odd file (permissions, a vanished share) must not stop the folder; the
+                # next rescan offers it again if it is still there.
+                log.exception("taking %s failed", path)
+        if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
+            self._poll()
+        self._finish_batches(force=final and not self.outstanding and not len(self.tracker))
+
+    def idle(self) -> bool:
+        return not len(self.tracker) and not self.outstanding and not self.batches.pending()
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                kind, src, dest, is_dir = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if is_dir:
+                if kind in ("created", "moved") and self.folder.recursive:
+                    self._walk_dir(Path(dest or src))
+                continue
+            if kind == "deleted":
+                self.tracker.forget(Path(src))
+                continue
+            if kind == "moved":
+                self.tracker.forget(Path(src))
+                src_rel = self._rel(Path(src))
+                renamed_in = src_rel is None or not self.filter.accepts(src_rel)
+                self._hint(Path(dest or src), force=self.folder.rename_completes and renamed_in)
+                continue
+            self._hint(Path(src))
+
+    def _walk_dir(self, directory: Path) -> None:
+        for dirpath, _dirs, filenames in os.walk(directory):
+            for name in filenames:
+                self._hint(Path(dirpath) / name)
+
+    def _rel(self, path: Path) -> PurePosixPath | None:
+        try:
+            return PurePosixPath(path.relative_to(self.root).as_posix())
+        except ValueError:
+            return None
+
+    def _hint(self, path: Path, rel: PurePosixPath | None = None, force: bool = False) -> None:
+        rel = rel if rel is not None else self._rel(path)
+        if rel is None:
+            return
+        if self.filter.is_marker(rel):
+            target = path.with_name(rel.name[: -len(self.folder.marker_suffix)])
+            target_rel = rel.with_name(target.name)
+            if self.filter.accepts(target_rel) and target.exists():
+                self.tracker.force(target)
+            elif not target.exists() and not path.exists():
+                return
+            return
+        if not self.filter.accepts(rel):
+            return
+        marker = path.with_name(path.name + self.folder.marker_suffix)
+        if force or (self.folder.marker_suffix and marker.exists()):
+            self.tracker.force(path)
+        else:
+            self.tracker.observe(path)
+
+    # -- taking a file ------------------------------------------------------------------------
+
+    def _take(self, path: Path) -> None:
+        if self._already_done(path):
+            return
+        c = claim(self.root, path)
+        if c is None:
+            return
+        if self.folder.marker_suffix:
+            path.with_name(path.name + self.folder.marker_suffix).unlink(missing_ok=True)
+        c.batch_id = self.batches.assign(c.name, c.claimed_at)
+        self.outstanding[c.name] = c
+        try:
+            c.hash()
+        except OSError as exc:
+            # Ours now but unreadable (permissions, I/O error): failed/, with the reason.
+            self._finish(c, JobView(id="", state="failed", error=f"cannot read the file: {exc}"))
+            return
+        self._dispatch(c)
+
+    def _already_done(self, path: Path) -> bool:
+        """Left-in-place mode: an original whose sidecar records this very file is done."""
+        if self.folder.move_done:
+            return False
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        key = (st.st_size, st.st_mtime_ns)
+        if self._skip.get(path) == key:
+            return True
+        sidecar = self.layout.sidecar_dir(self._rel(path) or PurePosixPath(path.name))
+        try:
+            source = json.loads((sidecar / f"{path.name}.json").read_text())["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if (source.get("size"), source.get("mtime_ns")) == key:
+            self._skip[path] = key
+            return True
+        return False
+
+    def _dispatch(self, c: Claim) -> None:
+        """Link to an earlier result, wait on an identical in-flight file, or submit."""
+        assert c.sha256 is not None
+        if self.folder.dedupe:
+            earlier = self.index.get(c.sha256)
+            if earlier is not None:
+                self._finish_duplicate(c, earlier)
+                return
+            first = self.inflight.get(c.sha256)
+            if first is not None and first.name != c.name:
+                self.waiting.setdefault(c.sha256, []).append(c)
+                c.save()
+                return
+            self.inflight[c.sha256] = c
+        self._submit(c)
+
+    def _submit(self, c: Claim) -> None:
+        try:
+            data = c.path.read_bytes()
+            c.job_id = self.jobs.submit(
+                data,
+                c.rel.name,
+                self.request,
+                batch_id=self._queue_batch(c),
+                idempotency_key=c.idempotency_key,
+            )
+        except ApplianceError as exc:
+            # The queue refused the file itself (type, size, pages): a final answer.
+            self._finish(c, JobView(id="", state="failed", error=str(exc)))
+            return
+        except Exception:
+            # Redis or the store is down, the disk is full: keep the claim, retry next poll.
+            log.exception("submit of %s failed; will retry", c.rel)
+            return
+        c.save()
+        if self.on_submitted is not None:
+            self.on_submitted(c)
+
+    # -- finishing ----------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        self._last_poll = time.monotonic()
+        pending = [c for c in self.outstanding.values() if c.job_id]
+        for c in list(self.outstanding.values()):
+            if c.job_id is None and not self._is_waiting(c):
+                self._dispatch(c)  # an earlier submit failed: retry
+        if not pending:
+            return
+        try:
+            views = self.jobs.get_many([c.job_id for c in pending if c.job_id])
+        except Exception:
+            log.exception("job store unreachable; will retry")
+            return
+        for c in pending:
+            view = views.get(c.job_id or "")
+            if view is None:
+                # The store lost the job (restored backup, wiped DB): the claim is the truth.
+                log.warning("job %s of %s is missing; submitting again", c.job_id, c.rel)
+                c.job_id = None
+                self._submit(c)
+            elif view.terminal:
+                try:
+                    self._finish(c, view)
+                except OSError:
+                    # Disk full or the share went away: keep the claim, retry (paperless #8329).
+                    log.exception("finishing %s failed; will retry", c.rel)
+
+    def _is_waiting(self, c: Claim) -> bool:
+        return any(c in group for group in self.waiting.values())
+
+    def _finish(self, c: Claim, view: JobView) -> None:
+        rel = c.rel
+        if not c.path.exists():
+            # Someone removed it from .processing/ by hand: nothing left to place.
+            log.warning("claimed file %s vanished; dropping its claim", c.path)
+            self._done_with(c)
+            return
+        if view.state == "succeeded" and view.result is not None:
+            final = self._final_path(c, self.layout.done_dir(rel))
+            text = _result_text(view.result)
+            self._write_sidecars(c, final.name, view.id, view.result, text)
+            self._index_add(c, view.id, final.name)
+            entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
+        else:
+            reason = view.error or ("cancelled" if view.state == "cancelled" else "no result")
+            final = self._final_path(c, self.layout.failed_dir(rel))
+            atomic_write(
+                final.with_name(final.name + ".error.txt"),
+                f"{rel.as_posix()}: {reason}\n\njob: {view.id or '-'}\nstate: {view.state}\n"
+                f"sha256: {c.sha256}\nat: {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
+            )
+            entry = {"file": final.name, "error": reason, "claimed_at": c.claimed_at}
+        self.batches.record(c.batch_id, c.name, entry)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(c.path, final)
+        self._done_with(c)
+        if c.sha256 and self.inflight.get(c.sha256) is c:
+            del self.inflight[c.sha256]
+            for dup in self.waiting.pop(c.sha256, []):
+                earlier = self.index.get(c.sha256)
+                if earlier is not None:
+                    self._finish_duplicate(dup, earlier)
+                else:  # the first one failed: the copy gets its own chance
+                    self._dispatch(dup)
+
+    def _finish_duplicate(self, c: Claim, earlier: dict[str, Any]) -> None:
+        """Same content as an earlier success: link to it instead of a second GPU run."""
+        try:
+            payload = json.loads(Path(earlier["json"]).read_text())
+            result = payload["result"]
+        except (OSError, ValueError, KeyError):
+            # The earlier sidecar is gone: forget it and run this one for real.
+            self.index.pop(c.sha256 or "", None)
+            self._dispatch(c)
+            return
+        final = self._final_path(c, self.layout.done_dir(c.rel))
+        text = _result_text(result)
+        self._write_sidecars(
+            c,
+            final.name,
+            earlier.get("job_id", ""),
+            result,
+            text,
+            duplicate_of={"job_id": earlier.get("job_id"), "file": earlier.get("json")},
+        )
+        entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
+        self.batches.record(c.batch_id, c.name, entry)
+        os.rename(c.path, final)
+        self._done_with(c)
+
+    def _final_path(self, c: Claim, directory: Path) -> Path:
+        """Where the original goes, chosen once and kept in the manifest: after a crash
+        between writing the sidecars and the move, the retry reuses the name (and overwrites
+        its own sidecars) instead of seeing them and picking `x (2).jpg`."""
+        if c.final and Path(c.final).parent == directory:
+            return Path(c.final)
+        final = free_name(directory, c.rel.name)
+        sidecars = self.layout.sidecar_dir(c.rel)
+        n = 2
+        while (sidecars / f"{final.name}.json").exists() or (
+            final.with_name(final.name + ".error.txt").exists()
+        ):
+            stem, dot, ext = c.rel.name.partition(".")
+            final = free_name(directory, f"{stem} ({n}){dot}{ext}")
+            n += 1
+        c.final = str(final)
+        c.save()
+        return final
+
+    def _done_with(self, c: Claim) -> None:
+        c.drop_manifest()
+        self.outstanding.pop(c.name, None)
+
+    def _write_sidecars(
+        self,
+        c: Claim,
+        final_name: str,
+        job_id: str,
+        result: dict[str, Any],
+        text: str,
+        duplicate_of: dict[str, Any] | None = None,
+    ) -> None:
+        directory = self.layout.sidecar_dir(c.rel)
+        payload: dict[str, Any] = {
+            "file": final_name,
+            "source": {
+                "path": c.rel.as_posix(),
+                "sha256": c.sha256,
+                "size": c.size,
+                "mtime_ns": c.mtime_ns,
+                "claimed_at": c.claimed_at,
+            },
+            "job_id": job_id,
+            "batch_id": c.batch_id,
+            "request": self.request.model_dump(),
+            "model": result.get("model"),
+            "timings": result.get("timings", {}),
+            "result": result,
+        }
+        if duplicate_of is not None:
+            payload["duplicate_of"] = duplicate_of
+        # JSON first: the .txt appearing is the "done" signal people script against.
+        atomic_write(directory / f"{final_name}.json", json.dumps(payload, indent=2, default=str))
+        atomic_write(directory / f"{final_name}.txt", text + "\n")
+
+    # -- dedupe index -------------------------------------------------------------------------
+
+    def _index_path(self) -> Path:
+        return self.root / ".processing" / INDEX
+
+    def _load_index(self) -> None:
+        path = self._index_path()
+        if not path.exists():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a crash
+            if item.get("request") == self.request_key:
+                self.index.setdefault(item["sha256"], item)
+
+    def _index_add(self, c: Claim, job_id: str, final_name: str) -> None:
+        if not self.folder.dedupe or not c.sha256:
+            return
+        item = {
+            "sha256": c.sha256,
+            "request": self.request_key,
+            "job_id": job_id,
+            "json": str(self.layout.sidecar_dir(c.rel) / f"{final_name}.json"),
+        }
+        self.index.setdefault(c.sha256, item)
+        with open(self._index_path(), "a") as fh:
+            fh.write(json.dumps(item) + "\n")
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def _queue_batch(self, c: Claim) -> str | None:
+        """The queue's batch for this claim's folder batch, opened on first use."""
+        batch = self.batches.batches.get(c.batch_id or "")
+        if batch is None:
+            return None
+        if batch.queue_id is None:
+            batch.queue_id = self.jobs.open_batch(
+                label=f"{self.root}: batch {batch.id}",
+                language=self.folder.language,
+                digest=self.folder.digest,
+            )
+            self.batches.save(batch)
+        return batch.queue_id
+
+    def _finish_batches(self, force: bool = False) -> None:
+        for batch in self.batches.due(force=force):
+            try:
+                if self._close_batch(batch):
+                    self.batches.close(batch)
+            except Exception:
+                log.exception("closing batch %s failed; will retry", batch.id)
+
+    def _close_batch(self, batch: Batch) -> bool:
+        """Close the queue batch, wait for its digest, write `batch-<time>.md`. True when done."""
+        if batch.queue_id and not batch.closed:
+            self.jobs.close_batch(batch.queue_id)
+            batch.closed = True
+            batch.closed_at = time.time()
+            self.batches.save(batch)
+        entries = self.batches.entries(batch.id)
+        if not entries or not self.folder.digest:
+            return True
+        digest, note = None, ""
+        view = self.jobs.get_batch(batch.queue_id) if batch.queue_id else None
+        if view is not None and view.digest_state == "pending":
+            waited = time.time() - (batch.closed_at or time.time())
+            if waited < DIGEST_WAIT_SECONDS:
+                return False  # the summarizer has not run yet: ask again next tick
+            # No worker for the text queue, or it is stuck: the file list is still worth having.
+            note = f"digest not ready after {waited:.0f} s"
+        if view is not None and view.digest:
+            digest = view.digest
+        elif view is not None and view.digest_error:
+            note = f"digest failed: {view.digest_error}"
+        if batch.output is None:
+            stamp = batch.id.rsplit("-", 1)[0]
+            batch.output = str(free_name(self.layout.digest_dir(), f"batch-{stamp}.md"))
+            self.batches.save(batch)
+        atomic_write(Path(batch.output), _digest_markdown(batch, entries, digest, note, self.root))
+        return True
+
+
+def _digest_markdown(
+    batch: Batch, entries: list[dict[str, Any]], digest: str | None, note: str, root: Path
+) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(batch.started))
+    failed = sum(1 for e in entries if e.get("error"))
+    lines = [
+        f"# Batch {started}",
+        "",
+        f"{len(entries)} file(s) from `{root}`, {failed} failed.",
+        "",
+    ]
+    if digest:
+        lines += ["## Digest", "", digest.strip(), ""]
+    elif note:
+        lines += [f"_{note}_", ""]
+    lines += ["## Files", ""]
+    for e in entries:
+        if e.get("error"):
+            lines.append(f"- **{e['file']}**: failed: {e['error']}")
+        else:
+            first = (e.get("text") or "").strip().splitlines()
+            lines.append(f"- **{e['file']}**: {first[0] if first else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def _result_text(result: dict[str, Any]) -> str:
+    pages = result.get("pages") or []
+    if len(pages) == 1:
+        text = pages[0].get("text", "")
+    else:
+        text = "\n\n".join(f"[page {p.get('page')}]\n{p.get('text', '')}" for p in pages)
+    if result.get("summary"):
+        text += f"\n\nSummary: {result['summary']}"
+    return text
+
+
+class Watcher:
+    """All configured folders, one loop. `run(stop)` until the stop flag, or `once=True`."""
+
+    def __init__(
+        self,
+        folders: list[DropFolder],
+        jobs: Jobs,
+        *,
+        on_submitted: Callable[[Claim], None] | None = None,
+    ) -> None:
+        self.folders = [FolderWatcher(f, jobs, on_submitted=on_submitted) for f in folders]
+        self.observers: list[Any] = []
+        # Set once observers run and reconciliation is done: tests and the bench wait on it.
+        self.started = threading.Event()
+        self.wake = threading.Event()
+        for fw in self.folders:
+            fw.handler.wake = self.wake
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Watcher:
+        from appliance.watch.service import ServiceJobs
+
+        return cls(settings.folders, ServiceJobs.from_settings(settings), **kwargs)
+
+    def _observe(self) -> None:
+        inotify = None
+        for fw in self.folders:
+            if fw.folder.polling:
+                # Network mounts deliver no inotify events for writes made by other clients.
+                obs: Any = PollingObserver(timeout=fw.folder.poll_seconds)
+            else:
+                if inotify is None:
+                    inotify = Observer()
+                    self.observers.append(inotify)
+                obs = inotify
+            # inotify always watches the whole tree: our own claim (root -> .processing/) is then
+            # a paired move delivered at once; unpaired, watchdog holds every later event up to
+            # 0.5 s waiting for its IN_MOVED_TO. The filter drops what is not an input.
+            recursive = fw.folder.recursive or not fw.folder.polling
+            obs.schedule(fw.handler, str(fw.root), recursive=recursive)
+            if obs is not inotify:
+                self.observers.append(obs)
+        for obs in self.observers:
+            obs.start()
+
+    def run(self, stop: threading.Event | None = None, *, once: bool = False) -> None:
+        """Watch until `stop` is set; with `once`, take what is there now, finish it, return."""
+        stop = stop or threading.Event()
+        for fw in self.folders:
+            fw.root.mkdir(parents=True, exist_ok=True)
+        if not once:
+            # Observers first, then the start-up scan: a file landing in between is not lost.
+            self._observe()
+        try:
+            for fw in self.folders:
+                fw.start()
+            self.started.set()
+            # Sleep until an event, the next file's settle deadline, or the next job poll.
+            interval = 0.25
+            while not stop.is_set():
+                self.wake.clear()  # before the tick: an event during it wakes the next wait
+                for fw in self.folders:
+                    fw.tick(final=once and not len(fw.tracker))
+                if once and all(fw.idle() for fw in self.folders):
+                    return
+                due = [d for fw in self.folders if (d := fw.tracker.next_due()) is not None]
+                if any(fw.outstanding for fw in self.folders):
+                    due.append(JOB_POLL_SECONDS)
+                self.wake.wait(min([interval, *due]) + 0.005)
+        finally:
+            for fw in self.folders:
+                fw.close()
+            for obs in self.observers:
+                obs.stop()
+            for obs in self.observers:
+                obs.join(timeout=5)
+            self.observers.clear()
