@@ -32,3 +32,9 @@ def main() -> None:
 # Command modules attach themselves to `cli` on import.
 from appliance.cli import commands_models  # noqa: E402,F401
 from appliance.cli import commands_analyze  # noqa: E402,F401
+from appliance.cli import commands_up  # noqa: E402,F401
+from appliance.cli import commands_web  # noqa: E402,F401
+from appliance.cli import commands_users  # noqa: E402,F401
+from appliance.cli import commands_watch  # noqa: E402,F401
+from appliance.cli import commands_jobs  # noqa: E402,F401
+from appliance.cli import commands_bundle  # noqa: E402,F401

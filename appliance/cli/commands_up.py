@@ -75,6 +75,24 @@ def _models_dir(settings: Settings, home: Path) -> Path:
     return tiny
 
 
+def _bootstrap_admin(settings: Settings, home: Path) -> None:
+    """A first admin for the panel, its password kept in a 0600 file beside the demo state."""
+    import secrets
+
+    from appliance.users import UserStore
+
+    users = UserStore.from_settings(settings)
+    if users.list():
+        return
+    password = secrets.token_urlsafe(12)
+    users.create("admin", password, admin=True)
+    secret = home / "admin-password.txt"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.touch(mode=0o600)
+    secret.write_text(password + "\n")
+    click.echo(f"panel login: admin / {password}  (also in {secret})")
+
+
 @cli.command()
 @click.option(
     "--home",
@@ -90,13 +108,18 @@ def up(ctx: click.Context, home: Path, bind: str) -> None:
     settings = get_settings(ctx)
     home = home.resolve()
     env = dict(os.environ)
-    if "data_dir" not in settings.model_fields_set:
-        env["APPLIANCE_DATA_DIR"] = str(home / "data")
+    configured = "data_dir" in settings.model_fields_set
+    data_dir = settings.data_dir if configured else home / "data"
+    env["APPLIANCE_DATA_DIR"] = str(data_dir)
     env["APPLIANCE_MODELS_DIR"] = str(_models_dir(settings, home).resolve())
+    child_settings = settings.model_copy(update={"data_dir": data_dir})
+    child_settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     if not _redis_answers(settings.redis_url):
         children.append(("redis", _start_redis(settings.redis_url, home)))
+
+    _bootstrap_admin(child_settings, home)
 
     me = [sys.executable, "-m", "appliance"]
     services = [
