@@ -7,50 +7,23 @@ import sys
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from appliance.cli import cli, get_settings
-from appliance.errors import ApplianceError, IntakeError, InvalidRequest, ModelError
-from appliance.schema import TASKS, AnalysisResult, TaskRequest
-
-
-def _split(values: tuple[str, ...]) -> list[str]:
-    return [v.strip() for value in values for v in value.split(",") if v.strip()]
-
-
-def build_request(**options: object) -> TaskRequest:
-    """A TaskRequest from CLI options, turning validation errors into one readable line."""
-    try:
-        return TaskRequest(**options)
-    except ValidationError as exc:
-        reasons = "; ".join(str(e.get("ctx", {}).get("error") or e["msg"]) for e in exc.errors())
-        raise click.UsageError(reasons) from None
-    except InvalidRequest as exc:
-        raise click.UsageError(str(exc)) from None
+from appliance.cli.options import task_request_options
+from appliance.errors import ApplianceError, IntakeError, ModelError
+from appliance.schema import AnalysisResult, TaskRequest
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--task", type=click.Choice(TASKS), default="caption", show_default=True)
-@click.option("--prompt", default=None, help="The question (task 'question') or an extra hint.")
-@click.option("--labels", multiple=True, help="Labels for 'classify' (comma-separated).")
-@click.option("--fields", multiple=True, help="Field names for 'extract' (comma-separated).")
-@click.option("--language", default="en", show_default=True)
-@click.option("--summarize", is_flag=True, help="Add a follow-up summary per file.")
-@click.option("--max-new-tokens", type=int, default=None)
+@task_request_options("Add a follow-up summary per file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
 @click.pass_context
 def analyze(
     ctx: click.Context,
     files: tuple[Path, ...],
-    task: str,
-    prompt: str | None,
-    labels: tuple[str, ...],
-    fields: tuple[str, ...],
-    language: str,
-    summarize: bool,
-    max_new_tokens: int | None,
+    request: TaskRequest,
     as_json: bool,
 ) -> None:
     """Analyze image, TIFF and PDF files in-process and print the results."""
@@ -61,15 +34,6 @@ def analyze(
     # The CLI promises one line per problem on stderr; library chatter would drown it.
     hf_logging.set_verbosity_error()
 
-    request = build_request(
-        task=task,
-        prompt=prompt,
-        labels=_split(labels),
-        fields=_split(fields),
-        language=language,
-        summarize=summarize,
-        max_new_tokens=max_new_tokens,
-    )
     pipeline = Pipeline(get_settings(ctx))
     failures = 0
     loaded: list[tuple[Path, list]] = []

@@ -18,10 +18,10 @@ import click
 from tqdm import tqdm
 
 from appliance.cli import cli, get_settings
-from appliance.cli.commands_analyze import _split, build_request
+from appliance.cli.options import split_csv, task_request_options
 from appliance.errors import ApplianceError
 from appliance.queue import QUEUE_ORDER
-from appliance.schema import TASKS, AnalysisResult
+from appliance.schema import AnalysisResult, TaskRequest
 from appliance.store.models import STATES
 
 if TYPE_CHECKING:
@@ -85,7 +85,9 @@ def worker(
     simulate = simulate_gpus or settings.queue.simulate_gpus
     try:
         wanted = parse_devices(devices) if devices else None
-        specs = plan_workers(wanted, simulate=simulate, queues=tuple(_split((queues,))), name=name)
+        specs = plan_workers(
+            wanted, simulate=simulate, queues=tuple(split_csv((queues,))), name=name
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if settings.config_file is not None:
@@ -112,13 +114,7 @@ def worker(
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--task", type=click.Choice(TASKS), default="caption", show_default=True)
-@click.option("--prompt", default=None, help="The question (task 'question') or an extra hint.")
-@click.option("--labels", multiple=True, help="Labels for 'classify' (comma-separated).")
-@click.option("--fields", multiple=True, help="Field names for 'extract' (comma-separated).")
-@click.option("--language", default="en", show_default=True)
-@click.option("--summarize", is_flag=True, help="A summary per file and a digest of them all.")
-@click.option("--max-new-tokens", type=int, default=None)
+@task_request_options("A summary per file and a digest of them all.")
 @click.option(
     "--priority", type=click.Choice(["interactive", "bulk"]), default="bulk", show_default=True
 )
@@ -129,32 +125,19 @@ def worker(
 def submit(
     ctx: click.Context,
     files: tuple[Path, ...],
-    task: str,
-    prompt: str | None,
-    labels: tuple[str, ...],
-    fields: tuple[str, ...],
-    language: str,
-    summarize: bool,
-    max_new_tokens: int | None,
+    request: TaskRequest,
     priority: str,
     wait: bool,
     timeout: float | None,
     as_json: bool,
 ) -> None:
     """Queue files for the workers; print the job ids (or, with --wait, the results)."""
-    request = build_request(
-        task=task,
-        prompt=prompt,
-        labels=_split(labels),
-        fields=_split(fields),
-        language=language,
-        summarize=summarize,
-        max_new_tokens=max_new_tokens,
-    )
     service = _service(ctx)
     batch = None
     if len(files) > 1:
-        batch = service.open_batch(source="cli", label="appliance submit", language=language)
+        batch = service.open_batch(
+            source="cli", label="appliance submit", language=request.language
+        )
     jobs = []
     unreadable = 0
     for path in files:
@@ -190,7 +173,7 @@ def submit(
         else:
             click.echo(f"error: {path}: {job.state}: {job.error or ''}".rstrip(": "), err=True)
         failures += job.state != "succeeded"
-    if batch is not None and summarize and not as_json:
+    if batch is not None and request.summarize and not as_json:
         info = _wait_for(
             lambda: service.get_batch(batch.id), lambda b: b.digest_state != "pending", timeout
         )
