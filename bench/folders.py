@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +30,7 @@ from appliance.settings import DropFolder, load_settings  # noqa: E402
 from appliance.watch import Watcher  # noqa: E402
 from appliance.watch.claims import Claim  # noqa: E402
 from appliance.watch.memory import MemoryJobs  # noqa: E402
+from tests.queue_helpers import RedisServer  # noqa: E402
 
 
 def tiny_jpeg(i: int) -> bytes:
@@ -39,28 +38,6 @@ def tiny_jpeg(i: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=80, comment=f"bench {i}".encode())
     return out.getvalue()
-
-
-def private_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server on a free port: the bench never touches a shared Redis."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--maxmemory-policy", "noeviction", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("redis-server did not start")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,7 +85,8 @@ def main() -> None:
     else:
         url = args.redis_url
         if url is None:
-            redis_proc, url = private_redis(tmp)
+            redis_proc = RedisServer(tmp / "redis").start()
+            url = redis_proc.url
         settings = load_settings(
             config_file=tmp / "none.toml", data_dir=tmp / "data", redis_url=url, folders=[folder]
         )
@@ -118,8 +96,7 @@ def main() -> None:
         result = run(args, root, watcher, queued, lock)
     finally:
         if redis_proc is not None:
-            redis_proc.terminate()
-            redis_proc.wait(10)
+            redis_proc.stop()
     result = {"backend": backend, **result}
     print(json.dumps(result))
 

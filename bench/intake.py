@@ -30,11 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.queue_helpers import RedisServer, free_port  # noqa: E402
 
 
 def jpeg_200kb() -> bytes:
@@ -129,37 +125,19 @@ def main() -> None:
     from appliance.tokens import TokenStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-intake-"))
-    redis_port, web_port = free_port(), free_port()
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(redis_port),
-            "--dir",
-            str(tmp),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    web_port = free_port()
+    redis = RedisServer(tmp / "redis").start()
     env = {
         **os.environ,
         "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
         "APPLIANCE_DATA_DIR": str(tmp / "data"),
         "APPLIANCE_MODELS_DIR": str(tmp / "models"),
-        "APPLIANCE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "APPLIANCE_REDIS_URL": redis.url,
         "APPLIANCE_API__RATE_LIMIT_PER_MINUTE": "0",
         "APPLIANCE_API__MAX_QUEUE_DEPTH": str(10 * args.posts + 100),
     }
     web = None
     try:
-        wait_port(redis_port)
         settings = load_settings(
             config_file=tmp / "none.toml",
             data_dir=tmp / "data",
@@ -226,8 +204,7 @@ def main() -> None:
         if web is not None:
             os.killpg(web.pid, signal.SIGTERM)
             web.wait(30)
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
 
 
 if __name__ == "__main__":

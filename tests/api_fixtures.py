@@ -7,11 +7,6 @@ shared Redis on 6379: every session starts its own on a free port in a temp dir.
 from __future__ import annotations
 
 import io
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +16,6 @@ from PIL import Image
 from appliance.settings import Settings, load_settings
 
 __all__ = [
-    "api_redis_url",
     "api_settings",
     "app",
     "client",
@@ -30,70 +24,6 @@ __all__ = [
     "jpeg_bytes",
     "make_settings",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server bound to loopback, gone when the process is terminated."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt install redis-server)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("private redis-server did not start")
-
-
-@pytest.fixture(scope="session")
-def api_redis_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The suite's `redis_server` fixture when conftest has one, else a private server."""
-    try:
-        server = request.getfixturevalue("redis_server")
-    except pytest.FixtureLookupError:
-        server = None
-    if server is not None:
-        yield server if isinstance(server, str) else server.url
-        return
-    proc, url = start_redis(tmp_path_factory.mktemp("api-redis"))
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def make_settings(tmp_path: Path, redis_url: str, **overrides: Any) -> Settings:
@@ -109,8 +39,8 @@ def make_settings(tmp_path: Path, redis_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def api_settings(tmp_path: Path, api_redis_url: str) -> Settings:
-    return make_settings(tmp_path, api_redis_url)
+def api_settings(tmp_path: Path, redis_server: str) -> Settings:
+    return make_settings(tmp_path, redis_server)
 
 
 @pytest.fixture

@@ -49,10 +49,10 @@ def test_unknown_and_malformed_tokens_are_401(client: Any, tokens: dict[str, str
         assert resp.status_code == 401, header
 
 
-def test_revoked_token_stops_working(tmp_path: Any, api_redis_url: str) -> None:
+def test_revoked_token_stops_working(tmp_path: Any, redis_server: str) -> None:
     from web import create_app
 
-    settings = make_settings(tmp_path, api_redis_url)
+    settings = make_settings(tmp_path, redis_server)
     settings.api.token_cache_seconds = 0
     app = create_app(settings)
     store = app.extensions["appliance"].tokens
@@ -77,10 +77,10 @@ def test_read_scope_cannot_submit(client: Any, tokens: dict[str, str]) -> None:
     assert client.post("/api/v1/jobs/x/retry", headers=read).status_code == 403
 
 
-def test_rate_limit_answers_429_with_retry_after(tmp_path: Any, api_redis_url: str) -> None:
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Any, redis_server: str) -> None:
     from web import create_app
 
-    settings = make_settings(tmp_path, api_redis_url)
+    settings = make_settings(tmp_path, redis_server)
     settings.api.rate_limit_per_minute = 3
     app = create_app(settings)
     _info, secret = app.extensions["appliance"].tokens.create("busy", "read")
@@ -96,10 +96,10 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Any, api_redis_url: s
     assert client.get("/api/v1/workers", headers=auth(other)).status_code == 200
 
 
-def test_full_queue_answers_503_with_retry_after(tmp_path: Any, api_redis_url: str) -> None:
+def test_full_queue_answers_503_with_retry_after(tmp_path: Any, redis_server: str) -> None:
     from web import create_app
 
-    settings = make_settings(tmp_path, api_redis_url)
+    settings = make_settings(tmp_path, redis_server)
     settings.api.max_queue_depth = 1
     app = create_app(settings)
     _info, secret = app.extensions["appliance"].tokens.create("filler", "submit")
@@ -117,10 +117,10 @@ def test_full_queue_answers_503_with_retry_after(tmp_path: Any, api_redis_url: s
     assert "queue is full" in full.json["detail"]
 
 
-def test_oversized_request_is_413(tmp_path: Any, api_redis_url: str) -> None:
+def test_oversized_request_is_413(tmp_path: Any, redis_server: str) -> None:
     from web import create_app
 
-    settings = make_settings(tmp_path, api_redis_url)
+    settings = make_settings(tmp_path, redis_server)
     settings.api.max_request_bytes = 50_000
     settings.api.max_files = 2
     app = create_app(settings)

@@ -19,11 +19,11 @@ SKIP = {("GET", "/api/v1/events")}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, api_redis_url: str) -> Any:
+def served(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Any:
     from web import create_app
 
     tmp: Path = tmp_path_factory.mktemp("schema")
-    cfg = make_settings(tmp, api_redis_url)
+    cfg = make_settings(tmp, redis_server)
     cfg.api.rate_limit_per_minute = 0
     cfg.api.sync_timeout_seconds = 2
     app = create_app(cfg)

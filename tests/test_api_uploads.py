@@ -202,10 +202,10 @@ def malformed_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fuzz_app(tmp_path: Path, api_redis_url: str) -> Any:
+def fuzz_app(tmp_path: Path, redis_server: str) -> Any:
     from web import create_app
 
-    settings = make_settings(tmp_path, api_redis_url)
+    settings = make_settings(tmp_path, redis_server)
     settings.api.rate_limit_per_minute = 0
     settings.api.max_request_bytes = 1_000_000
     settings.limits.max_pixels = 4_000_000

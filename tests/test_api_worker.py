@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, api_redis_url: str, tiny_models_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models_dir: Path
 ) -> Iterator[dict[str, Any]]:
     from web import create_app
 
     tmp = tmp_path_factory.mktemp("api-e2e")
     # Its own Redis database: other API tests' queued jobs never reach this worker.
-    redis_url = api_redis_url.rsplit("/", 1)[0] + "/7"
+    redis_url = redis_server.rsplit("/", 1)[0] + "/7"
     settings = make_settings(tmp, redis_url, models_dir=tiny_models_dir)
     settings.api.rate_limit_per_minute = 0
     settings.generation.max_new_tokens = 8

@@ -82,9 +82,19 @@ def test_three_page_pdf_plain_output(tiny_models_dir: Path, tmp_path: Path) -> N
     ]
 
 
+def _truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    _page((30, 120, 200), "photo").save(buf, "JPEG", quality=90)
+    return buf.getvalue()[:400]
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
-    [(b"", "empty"), (b"hello, this is a text file\n" * 20, "not an image")],
+    [
+        (b"", "empty"),
+        (b"hello, this is a text file\n" * 20, "not an image"),
+        (_truncated_jpeg(), "jpeg"),
+    ],
 )
 def test_bad_file_alone_exits_nonzero_with_one_line(
     tiny_models_dir: Path, tmp_path: Path, content: bytes, reason: str

@@ -16,14 +16,14 @@ import pytest
 from sqlalchemy import update
 
 from appliance.settings import Settings
-from tests.api_fixtures import api_redis_url, jpeg_bytes, make_settings  # noqa: F401
+from tests.api_fixtures import jpeg_bytes, make_settings  # noqa: F401
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, api_redis_url: str) -> Settings:  # noqa: F811
-    return make_settings(tmp_path, api_redis_url)
+def settings(tmp_path: Path, redis_server: str) -> Settings:
+    return make_settings(tmp_path, redis_server)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -314,9 +313,6 @@ def test_booted_target_serves_and_completes_a_job(
         assert again.recap["box"]["changed"] == 0, again.output[-4000:]
         assert "ok: [box]" in _task_output(again.output, "Wait until /readyz answers 200")
 
-        help_text = machine.sh(f"{VENV}/bin/appliance", "--help").stdout
-        if "submit" not in help_text:
-            pytest.skip("`appliance submit` does not exist yet (queue issue): job not submitted")
         image = "/var/lib/appliance/data/probe.png"
         machine.sh(
             "runuser", "-u", "appliance", "--", f"{VENV}/bin/python", "-c",
@@ -375,8 +371,3 @@ def test_failed_health_gate_stops_the_rollout(applied: Applied, tmp_path: Path) 
     finally:
         ov_bad.unmount()
         ov_good.unmount()
-
-
-def test_report_timings() -> None:
-    print(f"\nprovisioning timings: {json.dumps(TIMINGS)}")
-    assert shutil.which("systemd-nspawn")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ from tests.watch_helpers import (
     jpeg,
     kill,
     spawn,
-    start_redis,
     wait_for,
     write_config,
 )
@@ -33,25 +31,6 @@ pytestmark = pytest.mark.slow
 
 BURST = 500
 _db = itertools.count(9)
-
-
-@pytest.fixture(scope="module")
-def watch_redis(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The suite's `redis_server` when conftest has one, else a private server (never 6379)."""
-    try:
-        server = request.getfixturevalue("redis_server")
-    except pytest.FixtureLookupError:
-        server = None
-    if server is not None:
-        yield server if isinstance(server, str) else server.url
-        return
-    proc, url = start_redis(tmp_path_factory.mktemp("watch-redis"))
-    try:
-        yield url
-    finally:
-        kill(proc, signal.SIGTERM)
 
 
 class Stack:
@@ -124,11 +103,11 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, watch_redis: str, tiny_models_dir: Path) -> Iterator[Any]:
+def stack(tmp_path: Path, redis_server: str, tiny_models_dir: Path) -> Iterator[Any]:
     made: list[Stack] = []
 
     def make(**folder: Any) -> Stack:
-        s = Stack(tmp_path, watch_redis, tiny_models_dir, **folder)
+        s = Stack(tmp_path, redis_server, tiny_models_dir, **folder)
         made.append(s)
         return s
 

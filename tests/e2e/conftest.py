@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_fixtures import start_redis
+from tests.queue_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -48,12 +47,6 @@ class Box:
     logs: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -69,28 +62,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: floa
 
 
 @pytest.fixture(scope="session")
-def e2e_redis(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """The suite's `redis_server` when conftest provides one, else a private redis-server."""
-    try:
-        server = request.getfixturevalue("redis_server")
-    except pytest.FixtureLookupError:
-        server = None
-    if server is not None:
-        yield server if isinstance(server, str) else server.url
-        return
-    proc, url = start_redis(tmp_path_factory.mktemp("e2e-redis"))
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture(scope="session")
 def box(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, e2e_redis: str
+    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, redis_server: str
 ) -> Iterator[Box]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt install chromium)")
@@ -102,7 +75,7 @@ def box(
         "APPLIANCE_CONFIG_FILE": str(home / "none.toml"),
         "APPLIANCE_DATA_DIR": str(home / "data"),
         "APPLIANCE_MODELS_DIR": str(tiny_models_dir),
-        "APPLIANCE_REDIS_URL": e2e_redis,
+        "APPLIANCE_REDIS_URL": redis_server,
         "APPLIANCE_DEVICE": "cpu",
         # Short answers: the test is about the plumbing, and the CPU is small.
         "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "24",
@@ -112,7 +85,7 @@ def box(
     for name, admin in (("alice", False), ("bob", False)):
         argv = [*me, "users", "create", name, "--password-stdin"] + (["--admin"] if admin else [])
         subprocess.run(argv, input=PASSWORD + "\n", text=True, env=env, check=True, cwd=ROOT)
-    port = _free_port()
+    port = free_port()
     procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
 
     def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
