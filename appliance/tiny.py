@@ -71,6 +71,19 @@ Page 1 of 3. Total: 42. Street, city, postcode, phone, email, website, signature
 """
 
 
+# Llama 3.x position encoding, shared with the full-size config in bench/gpu_vision.py.
+LLAMA3_ROPE: dict = {
+    "rope_theta": 500000.0,
+    "rope_scaling": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+}
+
+
 def make_tiny(root: Path, seed: int = 0) -> list[Path]:
     """Write the tiny vision and summarizer models under `root`; return their directories."""
     root = Path(root)
@@ -138,14 +151,7 @@ def _text_sizes(vocab_size: int) -> dict:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=131072,
-        rope_theta=500000.0,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
+        **LLAMA3_ROPE,
         # Large enough that random logits are well separated: outputs vary and near ties are rare.
         initializer_range=0.15,
     )

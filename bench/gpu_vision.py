@@ -35,6 +35,8 @@ def full_config(image_token_index: int):  # -> MllamaConfig
     """meta-llama/Llama-3.2-11B-Vision-Instruct's architecture, written out."""
     from transformers import MllamaConfig
 
+    from appliance.tiny import LLAMA3_ROPE
+
     return MllamaConfig(
         vision_config=dict(
             hidden_size=1280,
@@ -58,14 +60,7 @@ def full_config(image_token_index: int):  # -> MllamaConfig
             num_key_value_heads=8,
             cross_attention_layers=[3, 8, 13, 18, 23, 28, 33, 38],
             max_position_embeddings=131072,
-            rope_theta=500000.0,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
+            **LLAMA3_ROPE,
             rms_norm_eps=1e-5,
         ),
         image_token_index=image_token_index,
