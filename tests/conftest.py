@@ -158,3 +158,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
         dispose_all()
         drop_pg_database(name)
+
+
+# -- CI: a skipped test is not a pass -------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true any skip (no Chromium, no PostgreSQL, not root...) fails the run: CI
+    installs everything, so a skip there means a guarantee went untested."""
+    if os.environ.get("CI", "").lower() not in ("1", "true") or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        for report in skipped:
+            print(f"\nCI: skipped test counts as a failure: {report.nodeid}: {report.longrepr}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
