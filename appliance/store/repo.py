@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, exists, func, or_, select, update
+from sqlalchemy import Engine, and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -38,6 +38,7 @@ from appliance.store.models import (
 )
 
 Notify = Callable[[list[dict[str, Any]]], None]
+_EVENT_COLUMNS = [c for c in JobEvent.__table__.columns if c.key != "id"]
 
 
 def clean_text(value: str | None) -> str | None:
@@ -98,8 +99,11 @@ class JobStore:
             row.state = job.state
             row.attempt = job.attempts
             row.worker = fields.get("worker", job.worker)
-        session.add(row)
-        session.flush()
+        # A Core INSERT on the transaction's connection: the row is only published, never
+        # changed, so it needs none of the unit of work's bookkeeping (a flush per event).
+        values = {c.key: getattr(row, c.key) for c in _EVENT_COLUMNS}
+        result = session.connection().execute(insert(JobEvent.__table__).values(values))
+        row.id = result.inserted_primary_key[0]
         session.info["events"].append(row)
 
     @staticmethod
@@ -108,6 +112,15 @@ class JobStore:
         stmt = update(Job).where(*where).values(**values)
         result = session.execute(stmt, execution_options={"synchronize_session": False})
         return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+    @staticmethod
+    def _transition(session: Session, where: Iterable[Any], **values: Any) -> Job | None:
+        """One conditional UPDATE that hands back the changed row (RETURNING): None if no row
+        matched. Saves the SELECT after the UPDATE on the per-job path (claim, result)."""
+        values.setdefault("updated_at", utcnow())
+        stmt = update(Job).where(*where).values(**values).returning(Job)
+        rows = session.scalars(stmt, execution_options={"synchronize_session": False})
+        return rows.one_or_none()
 
     @staticmethod
     def _fresh(session: Session, job_id: str) -> Job:
@@ -207,8 +220,7 @@ class JobStore:
     def _claim(
         self, session: Session, job_id: str, worker: str, device: str, claim: str
     ) -> Job | None:
-        now = utcnow()
-        changed = self._update(
+        job = self._transition(
             session,
             [Job.id == job_id, Job.state == QUEUED],
             state=RUNNING,
@@ -216,13 +228,11 @@ class JobStore:
             worker=worker,
             device=device,
             claim=claim,
-            started_at=now,
+            started_at=utcnow(),
             not_before=None,
         )
-        if not changed:
-            return None
-        job = self._fresh(session, job_id)
-        self._event(session, job, "running")
+        if job is not None:
+            self._event(session, job, "running")
         return job
 
     def claim_companions(
@@ -269,7 +279,7 @@ class JobStore:
     ) -> bool:
         """running -> succeeded, only for the current claim holder (exactly one result)."""
         with self.write() as session:
-            changed = self._update(
+            job = self._transition(
                 session,
                 [Job.id == job_id, Job.state == RUNNING, Job.claim == claim],
                 state=SUCCEEDED,
@@ -283,9 +293,9 @@ class JobStore:
                 claim=None,
                 finished_at=utcnow(),
             )
-            if changed:
-                self._event(session, self._fresh(session, job_id), "succeeded")
-            return bool(changed)
+            if job is not None:
+                self._event(session, job, "succeeded")
+            return job is not None
 
     def fail(
         self,
@@ -301,7 +311,7 @@ class JobStore:
         if claim is not None:
             where.append(Job.claim == claim)
         with self.write() as session:
-            changed = self._update(
+            job = self._transition(
                 session,
                 where,
                 state=FAILED,
@@ -310,9 +320,9 @@ class JobStore:
                 claim=None,
                 finished_at=utcnow(),
             )
-            if changed:
-                self._event(session, self._fresh(session, job_id), "failed", detail=reason)
-            return bool(changed)
+            if job is not None:
+                self._event(session, job, "failed", detail=reason)
+            return job is not None
 
     def requeue(
         self,
@@ -341,10 +351,10 @@ class JobStore:
         if run_alone:
             values["run_alone"] = True
         with self.write() as session:
-            changed = self._update(session, where, **values)
-            if changed:
-                self._event(session, self._fresh(session, job_id), "requeued", detail=reason)
-            return bool(changed)
+            job = self._transition(session, where, **values)
+            if job is not None:
+                self._event(session, job, "requeued", detail=reason)
+            return job is not None
 
     def running_on(self, workers: list[str]) -> list[Job]:
         with self.read() as session:
