@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from appliance.engines.common import set_cpu_threads
 from appliance.engines.run import run_tasks
 from appliance.engines.summarizer import SummarizerEngine
 from appliance.engines.vision import VisionEngine
@@ -29,6 +30,7 @@ class Pipeline:
         self.settings = settings
         self.max_batch = max_batch
         self.registry = ModelRegistry(settings.models_dir)
+        set_cpu_threads(settings.cpu_threads)
 
     @cached_property
     def vision(self) -> VisionEngine:
@@ -43,7 +45,9 @@ class Pipeline:
     @cached_property
     def summarizer(self) -> SummarizerEngine:
         info = self.registry.resolve("summarizer", self.settings.summarizer_model)
-        return SummarizerEngine.load(info.path, device=self.settings.device)
+        return SummarizerEngine.load(
+            info.path, device=self.settings.device, cpu_threads=self.settings.cpu_threads
+        )
 
     def warm(self, summarizer: bool = True) -> None:
         """Load the models and run one tiny generation so the first job pays no start-up."""

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     quantization: Literal["none", "int8", "int4"] = "none"
+    # Threads for a process's model work on the CPU (torch intra-op, onnxruntime). 0: the
+    # libraries' default (every core) for `appliance analyze`; `appliance worker` instead gives
+    # each worker its share of the cores (see workers.gpus.cpu_threads_per_worker), because
+    # several spinning OpenMP pools on the same cores slow every one of them.
+    cpu_threads: int = Field(default=0, ge=0)
     # Model names from the registry; empty means the first model of that role.
     vision_model: str = ""
     summarizer_model: str = ""

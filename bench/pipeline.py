@@ -11,6 +11,9 @@
 Rounds alternate engine and queue so that both see the same background load; the best round
 of each counts (a shared 2-core dev box is noisy).
 
+Both sides run the model with the same CPU threads: what `appliance worker` gives its one
+worker on this machine (`cpu_threads_per_worker`), unless `--cpu-threads` says otherwise.
+
 Uses a private redis-server and a SQLite store in a temporary directory; builds the tiny models
 there unless `--models` names a models root. The last line printed is one JSON object.
 """
@@ -37,6 +40,7 @@ from appliance.jobs import JobInfo  # noqa: E402
 from appliance.schema import TaskRequest  # noqa: E402
 from appliance.settings import load_settings  # noqa: E402
 from tests.queue_helpers import RedisServer, WorkerProcess, wait_for  # noqa: E402
+from workers.gpus import cpu_threads_per_worker  # noqa: E402
 
 
 def images(n: int, seed: int = 0) -> list[bytes]:
@@ -132,7 +136,11 @@ def main() -> None:
     # queue's fixed ~5 ms per job (two store writes, Redis, Celery) shows as ~0.75.
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="Timed rounds; the best counts.")
+    parser.add_argument(
+        "--cpu-threads", type=int, default=0, help="Model threads (0: a worker's share)."
+    )
     args = parser.parse_args()
+    threads = args.cpu_threads or cpu_threads_per_worker(1)
 
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp_name:
         tmp = Path(tmp_name)
@@ -153,6 +161,7 @@ def main() -> None:
                 "APPLIANCE_MODELS_DIR": str(models),
                 "APPLIANCE_REDIS_URL": redis.url,
                 "APPLIANCE_DEVICE": "cpu",
+                "APPLIANCE_CPU_THREADS": str(threads),
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "PYTHONPATH": str(REPO),
@@ -200,6 +209,7 @@ def main() -> None:
             {
                 "jobs": args.jobs,
                 "max_new_tokens": args.max_new_tokens,
+                "cpu_threads": threads,
                 "engine_jobs_per_s": round(best["engine"], 3),
                 "queue_jobs_per_s": round(best["queue"], 3),
                 "ratio": round(ratio, 3),

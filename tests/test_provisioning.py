@@ -102,6 +102,7 @@ def applied(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             res = t.run(["systemd-analyze", "verify", f"--root={ov.root}", unit], check=False)
             app.checks[f"analyze {unit}"] = f"rc={res.returncode} stderr={res.stderr.strip()}"
         app.checks["enabled"] = json.dumps({rel: (ov.root / rel).is_symlink() for rel in ENABLED})
+        app.checks["worker.env"] = (ov.root / "etc/appliance/worker.env").read_text()
     finally:
         ov.unmount()
     yield app
@@ -180,6 +181,15 @@ def test_second_apply_changes_nothing(applied: Applied) -> None:
 def test_units_installed_and_enabled(applied: Applied) -> None:
     enabled = json.loads(applied.checks["enabled"])
     assert all(enabled.values()), enabled
+
+
+def test_workers_get_their_share_of_the_cores(applied: Applied) -> None:
+    """No GPU in the target: one CPU worker, and one share of the cores kept for the rest."""
+    env = dict(
+        line.split("=", 1) for line in applied.checks["worker.env"].splitlines() if "=" in line
+    )
+    assert env["APPLIANCE_WORKER_QUEUES"] == "interactive,text,bulk"
+    assert env["APPLIANCE_CPU_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)), env
 
 
 def test_units_verify_inside_the_target(applied: Applied) -> None:

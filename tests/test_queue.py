@@ -410,5 +410,21 @@ def test_gpu_plan() -> None:
     assert text.hostname == "text@box"  # beside a cpu@box job worker
     assert plan_workers(["0"], gpus=gpus, host="box", name="big")[0].hostname == "big@box"
     assert parse_devices("0, 1") == ["0", "1"]
+
+
+def test_workers_split_the_cores() -> None:
+    """Each worker gets an equal share of the cores, one share kept for the web and Redis."""
+    gpus = [Gpu(i, "NVIDIA H100") for i in range(4)]
+    specs = plan_workers(gpus=gpus, host="box", cores=16)
+    assert {s.env["APPLIANCE_CPU_THREADS"] for s in specs} == {"3"}
+    assert {s.env["OMP_NUM_THREADS"] for s in specs} == {"3"}
+    (cpu,) = plan_workers(gpus=[], host="box", cores=2)
+    assert cpu.env["APPLIANCE_CPU_THREADS"] == "1"
+    (cpu,) = plan_workers(gpus=[], host="box", cores=16)
+    assert cpu.env["APPLIANCE_CPU_THREADS"] == "8"
+    many = plan_workers([str(i) for i in range(8)], simulate=True, host="box", cores=4)
+    assert {s.env["APPLIANCE_CPU_THREADS"] for s in many} == {"1"}  # never 0
+    chosen = plan_workers(gpus=gpus, host="box", cores=16, cpu_threads=6)
+    assert {s.env["APPLIANCE_CPU_THREADS"] for s in chosen} == {"6"}
     with pytest.raises(ValueError):
         parse_devices("0,0")

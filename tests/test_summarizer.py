@@ -91,3 +91,9 @@ def test_export_onnx_rejects_a_non_model(tmp_path: Path) -> None:
         result.output.strip()
         == f"error: export-onnx: {tmp_path} is not a model folder (no config.json)"
     )
+
+
+def test_cpu_threads_size_the_onnxruntime_pool(tiny_models_dir: Path) -> None:
+    engine = SummarizerEngine.load(tiny_models_dir / SUMMARIZER_NAME, device="cpu", cpu_threads=1)
+    assert engine.model.session.get_session_options().intra_op_num_threads == 1
+    assert engine.summarize("one thread is enough", max_new_tokens=4).token_ids

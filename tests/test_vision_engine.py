@@ -164,3 +164,24 @@ def test_missing_model_dir_is_a_model_error(tmp_path: Path) -> None:
         VisionEngine.load(tmp_path / "nothing", device="cpu")
     with pytest.raises(ModelError, match="unknown quantization"):
         VisionEngine.load(tmp_path, device="cpu", quantization="int3")
+
+
+def test_pipeline_sizes_the_torch_thread_pool(tiny_models_dir: Path, make_photo, tmp_path) -> None:
+    from appliance.pipeline import Pipeline
+    from appliance.settings import load_settings
+
+    before = torch.get_num_threads()
+    settings = load_settings(
+        config_file=tmp_path / "none.toml",
+        models_dir=tiny_models_dir,
+        data_dir=tmp_path,
+        device="cpu",
+        cpu_threads=1,
+    )
+    try:
+        pipeline = Pipeline(settings)
+        assert torch.get_num_threads() == 1
+        result = pipeline.analyze_pages([make_photo(1)], TaskRequest(max_new_tokens=4))
+        assert result.pages[0].text
+    finally:
+        torch.set_num_threads(before)

@@ -5,10 +5,15 @@ initialises CUDA: the workers are started after this, and CUDA must not be set u
 fork). No GPU: one CPU worker. `--devices 0,1` overrides detection; with
 `queue.simulate_gpus` (env `APPLIANCE_QUEUE__SIMULATE_GPUS=1`, for tests on CPU-only boxes) the
 named devices become CPU workers that are still called `gpuN@host`.
+
+Each worker also gets its share of the CPU cores for its model's CPU work (`cpu_threads`):
+torch's OpenMP threads spin while they wait for work, so two pools sized to every core fight
+over the same cores, and so do the web server, the watcher and Redis.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -116,6 +121,12 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
+def cpu_threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """An equal share of the cores per worker, one share kept for everything else."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // (max(1, workers) + 1))
+
+
 def plan_workers(
     devices: list[str] | None = None,
     *,
@@ -124,11 +135,14 @@ def plan_workers(
     host: str | None = None,
     queues: tuple[str, ...] = QUEUE_ORDER,
     name: str | None = None,
+    cpu_threads: int = 0,
+    cores: int | None = None,
 ) -> list[WorkerSpec]:
     """One WorkerSpec per device: detected GPUs, or `devices` (checked against them).
 
     Worker names are gpuN / cpu, `text` for a CPU worker of the text queue only (so it can
-    run beside a CPU job worker), or `name` (one device only).
+    run beside a CPU job worker), or `name` (one device only). Each gets `cpu_threads` CPU
+    threads, or with 0 its share of `cores` (default: this machine's).
     """
     host = host or socket.gethostname()
     if gpus is None:
@@ -164,6 +178,10 @@ def plan_workers(
         specs.append(
             WorkerSpec(worker, f"{worker}@{host}", env["APPLIANCE_WORKER_DEVICE"], env, queues)
         )
+    threads = str(cpu_threads or cpu_threads_per_worker(len(specs), cores))
+    for spec in specs:
+        # OMP_NUM_THREADS too: it sizes every OpenMP pool in the process, not only torch's.
+        spec.env.update(APPLIANCE_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
     return specs
 
 

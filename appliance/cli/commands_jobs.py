@@ -86,7 +86,11 @@ def worker(
     try:
         wanted = parse_devices(devices) if devices else None
         specs = plan_workers(
-            wanted, simulate=simulate, queues=tuple(split_csv((queues,))), name=name
+            wanted,
+            simulate=simulate,
+            queues=tuple(split_csv((queues,))),
+            name=name,
+            cpu_threads=settings.cpu_threads,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

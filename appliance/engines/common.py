@@ -34,6 +34,12 @@ class Generation:
     logits: torch.Tensor | None = None
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Size torch's intra-op pool for this process (0 leaves torch's default)."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

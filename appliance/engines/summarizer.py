@@ -66,9 +66,16 @@ class SummarizerEngine:
 
     @classmethod
     def load(
-        cls, model_dir: Path, *, device: str = "auto", backend: Backend = "auto"
+        cls,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        backend: Backend = "auto",
+        cpu_threads: int = 0,
     ) -> SummarizerEngine:
-        """`backend="auto"` takes `model_dir/onnx` when present (the fast path on CPU boxes)."""
+        """`backend="auto"` takes `model_dir/onnx` when present (the fast path on CPU boxes).
+
+        `cpu_threads` > 0 sizes onnxruntime's intra-op pool (0: one thread per core)."""
         from transformers import AutoTokenizer
 
         model_dir = Path(model_dir)
@@ -79,14 +86,18 @@ class SummarizerEngine:
         if backend == "onnx" and ort_dir is None:
             raise ModelError(f"{what}: no ONNX export (model.onnx) under {model_dir}")
         if ort_dir is not None:
+            import onnxruntime
             from optimum.onnxruntime import ORTModelForCausalLM
 
             provider = ort_provider()
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = cpu_threads
             model = load_local(
                 what,
                 ort_dir,
                 ORTModelForCausalLM.from_pretrained,
                 provider=provider,
+                session_options=options,
                 use_cache=True,
             )
             tokenizer = load_local(what, ort_dir, AutoTokenizer.from_pretrained)
