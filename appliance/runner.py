@@ -70,6 +70,7 @@ class JobRunner:
         self.current: list[str] = []
         # Set when `current` changes: the heartbeat thread writes it soon, off the job's path.
         self.changed = threading.Event()
+        self.watchdog = Watchdog(self._timed_out)
         self.jobs_done = 0
         self.boot = ""  # set when the worker registers (see appliance.recovery)
 
@@ -109,14 +110,11 @@ class JobRunner:
                 jobs += self._companions(primary, claim)
             self.current = [j.id for j in jobs]
             self.changed.set()
-            limit = q.time_limit_s * len(jobs)
-            timer = threading.Timer(limit, self._timed_out, args=(jobs, claim, limit))
-            timer.daemon = True
-            timer.start()
+            self.watchdog.arm(q.time_limit_s * len(jobs), jobs, claim)
             try:
                 return self._execute(jobs, claim)
             finally:
-                timer.cancel()
+                self.watchdog.disarm()
                 self.current = []
                 self.changed.set()
 
@@ -236,7 +234,7 @@ class JobRunner:
             ):
                 self.service.broker.send_job(job.id, job.priority, countdown=delay)
 
-    def _timed_out(self, jobs: list[Job], claim: str, limit: float) -> None:
+    def _timed_out(self, limit: float, jobs: list[Job], claim: str) -> None:
         try:
             for job in jobs:
                 self._fail(job, claim, f"exceeded the hard time limit of {limit:.0f} s", "timeout")
@@ -279,6 +277,51 @@ class JobRunner:
             raise TransientError(_one_line(exc)) from exc
         self.store.digest_done(batch_id, text)
         return "done"
+
+
+class Watchdog:
+    """One thread for the hard time limit of every run: arming it per job costs a lock, where
+    a `threading.Timer` per job would start (and stop) a thread on the job's path."""
+
+    def __init__(self, on_expiry: Callable[..., None]) -> None:
+        self._on_expiry = on_expiry
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._args: tuple[Any, ...] = ()
+        self._limit = 0.0
+        self._wakes_at = float("inf")  # when the waiting thread looks at the deadline again
+        self._thread: threading.Thread | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._deadline is not None
+
+    def arm(self, limit: float, *args: Any) -> None:
+        """Call `on_expiry(limit, *args)` unless `disarm()` comes within `limit` seconds."""
+        with self._cond:
+            self._deadline = time.monotonic() + limit
+            self._limit, self._args = limit, args
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="job-watchdog", daemon=True)
+                self._thread.start()
+            elif self._deadline < self._wakes_at:  # else it wakes in time anyway
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None  # the thread finds out when it next wakes; no wake-up needed
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._deadline is None or time.monotonic() < self._deadline:
+                    self._wakes_at = float("inf") if self._deadline is None else self._deadline
+                    self._cond.wait(
+                        None if self._deadline is None else self._deadline - time.monotonic()
+                    )
+                limit, args, self._deadline = self._limit, self._args, None
+                self._wakes_at = float("inf")
+            self._on_expiry(limit, *args)
 
 
 def _request(job: Job) -> TaskRequest:

@@ -18,7 +18,7 @@ from appliance.errors import JobNotFound, JobStateConflict
 from appliance.jobs import JobService
 from appliance.queue import QueueMisconfigured, check_settings
 from appliance.recovery import Reconciler
-from appliance.runner import JobRunner
+from appliance.runner import JobRunner, Watchdog
 from appliance.schema import TaskRequest
 from appliance.settings import Settings, load_settings
 from appliance.store.base import utcnow
@@ -428,3 +428,21 @@ def test_workers_split_the_cores() -> None:
     assert {s.env["APPLIANCE_CPU_THREADS"] for s in chosen} == {"6"}
     with pytest.raises(ValueError):
         parse_devices("0,0")
+
+
+def test_watchdog_fires_only_for_the_run_still_armed() -> None:
+    calls: list[tuple[Any, ...]] = []
+    fired = threading.Event()
+    dog = Watchdog(lambda *args: (calls.append(args), fired.set()))
+    dog.arm(0.2, "disarmed in time")
+    dog.disarm()
+    assert not dog.armed
+    dog.arm(0.5, "late")  # the thread is waiting for the first deadline: it must re-read
+    assert fired.wait(10)
+    assert calls == [(0.5, "late")] and not dog.armed
+    fired.clear()
+    dog.arm(600, "long")
+    dog.disarm()
+    dog.arm(0.05, "sooner than the thread's wake-up")  # must wake the thread early
+    assert fired.wait(10)
+    assert calls[-1] == (0.05, "sooner than the thread's wake-up")

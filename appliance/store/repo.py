@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, case, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -39,6 +39,44 @@ from appliance.store.models import (
 
 Notify = Callable[[list[dict[str, Any]]], None]
 _EVENT_COLUMNS = [c for c in JobEvent.__table__.columns if c.key != "id"]
+
+# The per-job path (an event per transition, claim, result) runs prebuilt statements with bound
+# parameters: SQLAlchemy memoizes a statement object's cache key, while building one per call
+# costs more Python than the SQL itself (~0.5 ms of a 1 ms transaction on SQLite).
+_INSERT_EVENT = insert(JobEvent.__table__)
+_CLAIM = (
+    update(Job)
+    .where(Job.id == bindparam("p_id"), Job.state == QUEUED)
+    .values(
+        state=RUNNING,
+        attempts=Job.attempts + 1,
+        worker=bindparam("p_worker"),
+        device=bindparam("p_device"),
+        claim=bindparam("p_claim"),
+        started_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+        not_before=None,
+    )
+    .returning(Job)
+)
+_SUCCEED = (
+    update(Job)
+    .where(Job.id == bindparam("p_id"), Job.state == RUNNING, Job.claim == bindparam("p_claim"))
+    .values(
+        state=SUCCEEDED,
+        result=bindparam("p_result", type_=Job.__table__.c.result.type),
+        result_text=bindparam("p_text"),
+        timings=bindparam("p_timings", type_=Job.__table__.c.timings.type),
+        pages=bindparam("p_pages"),
+        summary_state=bindparam("p_summary_state"),
+        error=None,
+        error_code=None,
+        claim=None,
+        finished_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
+    .returning(Job.id, Job.batch_id, Job.owner, Job.state, Job.attempts, Job.worker)
+)
 
 
 def clean_text(value: str | None) -> str | None:
@@ -102,7 +140,7 @@ class JobStore:
         # A Core INSERT on the transaction's connection: the row is only published, never
         # changed, so it needs none of the unit of work's bookkeeping (a flush per event).
         values = {c.key: getattr(row, c.key) for c in _EVENT_COLUMNS}
-        result = session.connection().execute(insert(JobEvent.__table__).values(values))
+        result = session.connection().execute(_INSERT_EVENT, values)
         row.id = result.inserted_primary_key[0]
         session.info["events"].append(row)
 
@@ -220,17 +258,10 @@ class JobStore:
     def _claim(
         self, session: Session, job_id: str, worker: str, device: str, claim: str
     ) -> Job | None:
-        job = self._transition(
-            session,
-            [Job.id == job_id, Job.state == QUEUED],
-            state=RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker,
-            device=device,
-            claim=claim,
-            started_at=utcnow(),
-            not_before=None,
-        )
+        params = {"p_id": job_id, "p_worker": worker, "p_device": device, "p_claim": claim}
+        job = session.scalars(
+            _CLAIM, {**params, "p_now": utcnow()}, execution_options={"synchronize_session": False}
+        ).one_or_none()
         if job is not None:
             self._event(session, job, "running")
         return job
@@ -278,24 +309,23 @@ class JobStore:
         summary_state: str | None,
     ) -> bool:
         """running -> succeeded, only for the current claim holder (exactly one result)."""
+        params = {
+            "p_id": job_id,
+            "p_claim": claim,
+            "p_result": result,
+            "p_text": clean_text(text),
+            "p_timings": timings,
+            "p_pages": pages,
+            "p_summary_state": summary_state,
+            "p_now": utcnow(),
+        }
         with self.write() as session:
-            job = self._transition(
-                session,
-                [Job.id == job_id, Job.state == RUNNING, Job.claim == claim],
-                state=SUCCEEDED,
-                result=result,
-                result_text=clean_text(text),
-                timings=timings,
-                pages=pages,
-                summary_state=summary_state,
-                error=None,
-                error_code=None,
-                claim=None,
-                finished_at=utcnow(),
-            )
-            if job is not None:
-                self._event(session, job, "succeeded")
-            return job is not None
+            row = session.execute(
+                _SUCCEED, params, execution_options={"synchronize_session": False}
+            ).one_or_none()
+            if row is not None:  # the event needs these columns only, not the result again
+                self._event(session, Job(**row._asdict()), "succeeded")
+            return row is not None
 
     def fail(
         self,
