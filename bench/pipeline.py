@@ -135,7 +135,7 @@ def main() -> None:
     # A short caption's length; at 16 tokens a tiny-model job lasts ~15 ms on a CPU and the
     # queue's fixed ~5 ms per job (two store writes, Redis, Celery) shows as ~0.75.
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="Timed rounds; the best counts.")
+    parser.add_argument("--rounds", type=int, default=5, help="Timed rounds; the best counts.")
     parser.add_argument(
         "--cpu-threads", type=int, default=0, help="Model threads (0: a worker's share)."
     )
