@@ -58,6 +58,10 @@ class JobStateConflict(ApplianceError):
     """The job is not in a state that allows the action (e.g. retrying a succeeded job)."""
 
 
+class Cancelled(ApplianceError):
+    """The job was cancelled while its generation ran; the partial output is thrown away."""
+
+
 class TransientError(ApplianceError):
     """Worth trying again later: a broker hiccup, a full disk, CUDA out of memory."""
 

@@ -7,6 +7,7 @@ queue. Models are loaded lazily, once per process, and kept warm.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -63,11 +64,21 @@ class Pipeline:
         return self.analyze_many([(pages, req)])[0]
 
     def analyze_many(
-        self, items: list[tuple[list[Image.Image], TaskRequest]]
+        self,
+        items: list[tuple[list[Image.Image], TaskRequest]],
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[AnalysisResult]:
-        """Every page of every item through shared padded batches (dynamic batching)."""
+        """Every page of every item through shared padded batches (dynamic batching).
+
+        `should_stop()` returning True ends the generation early with `Cancelled`."""
         started = time.perf_counter()
-        per_item = run_tasks(self.vision, items, self.settings.generation, self.max_batch)
+        per_item = run_tasks(
+            self.vision,
+            items,
+            self.settings.generation,
+            self.max_batch,
+            should_stop=should_stop,
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000
         results = []
         for (_pages, req), page_results in zip(items, per_item, strict=True):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import (
     ApplianceError,
+    Cancelled,
     ExtractionFailed,
     IntakeError,
     InvalidRequest,
@@ -34,7 +35,7 @@ from appliance.errors import (
     TransientError,
 )
 from appliance.schema import AnalysisResult, TaskRequest
-from appliance.store.models import PENDING, Job
+from appliance.store.models import PENDING, RUNNING, Job
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -71,6 +72,12 @@ class JobRunner:
         # Set when `current` changes: the heartbeat thread writes it soon, off the job's path.
         self.changed = threading.Event()
         self.watchdog = Watchdog(self._timed_out)
+        # Cancelling a running job: the heartbeat thread sees it in the store (`check_cancelled`)
+        # and sets `_stop`, which the generation asks after every step. `_guard` ties both to
+        # one run's claim, so a late check can never stop the next run.
+        self._guard = threading.Lock()
+        self._run_claim: str | None = None
+        self._stop = threading.Event()
         self.jobs_done = 0
         self.boot = ""  # set when the worker registers (see appliance.recovery)
 
@@ -108,15 +115,37 @@ class JobRunner:
             q = self.settings.queue
             if q.batch_size > 1 and not primary.run_alone and primary.attempts == 1:
                 jobs += self._companions(primary, claim)
-            self.current = [j.id for j in jobs]
+            with self._guard:
+                self.current = [j.id for j in jobs]
+                self._run_claim = claim
+                self._stop.clear()
             self.changed.set()
             self.watchdog.arm(q.time_limit_s * len(jobs), jobs, claim)
             try:
                 return self._execute(jobs, claim)
             finally:
                 self.watchdog.disarm()
-                self.current = []
+                with self._guard:
+                    self.current, self._run_claim = [], None
                 self.changed.set()
+
+    def check_cancelled(self) -> bool:
+        """Stop the running generation when none of its jobs is still ours to finish
+        (cancelled, or taken over). Called from the heartbeat thread; True if it stopped."""
+        with self._guard:
+            claim, ids = self._run_claim, list(self.current)
+        if claim is None or self._stop.is_set():
+            return False
+        for job_id in ids:
+            job = self.store.get(job_id)
+            if job is not None and job.state == RUNNING and job.claim == claim:
+                return False
+        with self._guard:
+            if self._run_claim != claim:
+                return False
+            self._stop.set()
+        log.info("stopping the generation of %s: cancelled", ", ".join(ids))
+        return True
 
     def _companions(self, primary: Job, claim: str) -> list[Job]:
         q = self.settings.queue
@@ -167,6 +196,8 @@ class JobRunner:
         started = time.perf_counter()
         try:
             results = self._infer(jobs, items)
+        except Cancelled:
+            return "cancelled"  # the store already says so; nothing to write
         except Exception as exc:
             if _is_oom(exc) or not _is_permanent(exc):
                 self._transient(jobs, claim, exc)
@@ -210,7 +241,7 @@ class JobRunner:
         self, jobs: list[Job], items: list[tuple[list[Image.Image], TaskRequest]]
     ) -> list[AnalysisResult]:
         """The model call (one padded batch for all items); a seam for the chaos tests."""
-        return self.pipeline.analyze_many(items)
+        return self.pipeline.analyze_many(items, should_stop=self._stop.is_set)
 
     def _fail(self, job: Job, claim: str, reason: str, code: str) -> None:
         log.warning("job %s failed (%s): %s", job.id, code, reason)

@@ -157,6 +157,10 @@ class WorkerRuntime:
                     log.error("%s: another process took over this worker's row", self.hostname)
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+            try:
+                runner.check_cancelled()
+            except Exception as exc:
+                log.warning("checking for cancelled jobs failed: %s", exc)
             now = time.monotonic()
             if now >= next_reconcile:
                 next_reconcile = now + q.reconcile_s

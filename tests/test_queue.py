@@ -292,6 +292,60 @@ def test_cancel_while_running_drops_the_result(
     assert final is not None and final.state == "cancelled" and final.result is None
 
 
+def test_cancel_while_running_stops_the_generation(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the worker's heartbeat thread does: it sees the cancel in the store and stops."""
+    jobs = [service.submit(png_bytes(i), f"{i}.png", CAPTION, source="api") for i in (6, 7)]
+    real = JobRunner._infer
+    checks: list[bool] = []
+
+    def cancel_midway(self: JobRunner, run: Any, items: Any) -> Any:
+        checks.append(self.check_cancelled())  # nothing cancelled yet: keeps going
+        if run[0].id == jobs[0].id:
+            service.cancel(jobs[0].id)
+            checks.append(self.check_cancelled())
+        return real(self, run, items)
+
+    monkeypatch.setattr(JobRunner, "_infer", cancel_midway)
+    service.settings.queue.batch_size = 1
+    runner = runner_for(service, pipeline)
+    assert runner.run_job(jobs[0].id) == "cancelled"
+    assert runner.check_cancelled() is False  # between runs there is nothing to stop
+    assert runner.run_job(jobs[1].id) == "succeeded"  # the stop does not outlive its run
+    assert checks == [False, True, False]
+    first, second = service.get(jobs[0].id), service.get(jobs[1].id)
+    assert first is not None and first.state == "cancelled" and first.result is None
+    assert second is not None and second.state == "succeeded" and second.result_text
+
+
+def test_worker_heartbeat_stops_a_cancelled_generation(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.worker import WorkerRuntime
+
+    runtime = WorkerRuntime(service.settings, "gpu8@cancel")
+    runtime.start(warm=False)
+    try:
+        runner = runtime.runner
+        assert runner is not None
+        runner._pipeline = pipeline
+        job = service.submit(png_bytes(8), "a.png", CAPTION, source="api")
+        real = JobRunner._infer
+        noticed: list[bool] = []
+
+        def cancel_and_wait(self: JobRunner, run: Any, items: Any) -> Any:
+            service.cancel(job.id)
+            noticed.append(self._stop.wait(10))  # set by the heartbeat thread, not by us
+            return real(self, run, items)
+
+        monkeypatch.setattr(JobRunner, "_infer", cancel_and_wait)
+        assert runner.run_job(job.id) == "cancelled"
+        assert noticed == [True]
+    finally:
+        runtime.stop()
+
+
 def test_hard_time_limit_fails_the_job_and_ends_the_worker(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

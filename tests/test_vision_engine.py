@@ -12,7 +12,7 @@ from appliance.engines.common import Generation
 from appliance.engines.compare import divergence
 from appliance.engines.run import run_task, run_tasks
 from appliance.engines.vision import IMAGE_TOKEN, GenParams, VisionEngine
-from appliance.errors import ApplianceError, ExtractionFailed, ModelError
+from appliance.errors import ApplianceError, Cancelled, ExtractionFailed, ModelError
 from appliance.schema import TaskRequest
 from appliance.settings import Generation as Defaults
 from appliance.tiny import VISION_NAME
@@ -185,3 +185,17 @@ def test_pipeline_sizes_the_torch_thread_pool(tiny_models_dir: Path, make_photo,
         assert result.pages[0].text
     finally:
         torch.set_num_threads(before)
+
+
+def test_should_stop_ends_the_generation_early(vision_engine: VisionEngine, make_photo) -> None:
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 5
+
+    params = GenParams(max_new_tokens=60, min_new_tokens=60, should_stop=should_stop)
+    with pytest.raises(Cancelled):
+        vision_engine.generate_batch([make_photo(2)], ["Describe the image."], params)
+    # Asked once per decoding step: it stopped at the 5th of 60 steps, not after the last.
+    assert 5 <= len(asked) <= 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ class GenParams:
     return_logits: bool = False
     # Benchmarks force a fixed decode length; random weights may otherwise stop at once.
     min_new_tokens: int = 0
+    # Asked after every decoding step: True ends the generation and raises `Cancelled` (a job
+    # cancelled while it runs frees its GPU at once instead of decoding to the end).
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, overload
 
@@ -36,11 +37,16 @@ class _Page:
     attempts: int = 0
 
 
-def params_for(req: TaskRequest, defaults: GenerationDefaults) -> GenParams:
+def params_for(
+    req: TaskRequest,
+    defaults: GenerationDefaults,
+    should_stop: Callable[[], bool] | None = None,
+) -> GenParams:
     return GenParams(
         max_new_tokens=req.max_new_tokens or defaults.max_new_tokens,
         temperature=req.temperature if req.temperature is not None else defaults.temperature,
         seed=req.seed if req.seed is not None else defaults.seed,
+        should_stop=should_stop,
     )
 
 
@@ -63,6 +69,7 @@ def run_tasks(
     max_batch: int = ...,
     *,
     errors: Literal["raise"] = ...,
+    should_stop: Callable[[], bool] | None = ...,
 ) -> list[list[PageResult]]: ...
 
 
@@ -74,6 +81,7 @@ def run_tasks(
     max_batch: int = ...,
     *,
     errors: Literal["return"],
+    should_stop: Callable[[], bool] | None = ...,
 ) -> list[list[PageResult] | ApplianceError]: ...
 
 
@@ -84,15 +92,17 @@ def run_tasks(
     max_batch: int = DEFAULT_MAX_BATCH,
     *,
     errors: Literal["raise", "return"] = "raise",
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[PageResult]] | list[list[PageResult] | ApplianceError]:
     """Many requests at once: every page goes through `generate_batch` in chunks of `max_batch`.
 
     A structured answer (classify, extract) that fails to parse gets one repair retry; if it
     still fails, the item's ExtractionFailed is raised (`errors="raise"`), or put in that item's
     place (`errors="return"`, for the queue: one bad item must not fail its batch mates).
+    `should_stop` ends the generation early with `Cancelled` (see GenParams).
     """
     pages = [
-        _Page(i, p, image, build_prompt(req), params_for(req, defaults))
+        _Page(i, p, image, build_prompt(req), params_for(req, defaults, should_stop))
         for i, (images, req) in enumerate(items)
         for p, image in enumerate(images)
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from appliance.engines.common import (
     sync,
     timings,
 )
-from appliance.errors import InvalidRequest, ModelError
+from appliance.errors import Cancelled, InvalidRequest, ModelError
 from appliance.models import MANIFEST, load_local, read_manifest
 
 IMAGE_TOKEN = "<|image|>"
@@ -157,18 +158,26 @@ class VisionEngine:
 
         clock = PrefillClock(self.device)
         seed_all(params.seed)
+        stopping = None
+        if params.should_stop is not None:
+            from transformers import StoppingCriteriaList
+
+            stopping = StoppingCriteriaList([_StopWhen(params.should_stop)])
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=params.max_new_tokens,
                 min_new_tokens=params.min_new_tokens or None,
                 logits_processor=[clock],
+                stopping_criteria=stopping,
                 return_dict_in_generate=True,
                 output_logits=params.return_logits,
                 **greedy_kwargs(params),
             )
         sync(self.device)
         t2 = time.perf_counter()
+        if params.should_stop is not None and params.should_stop():
+            raise Cancelled("cancelled while it ran")
 
         prompt_len = inputs["input_ids"].shape[1]
         new = out.sequences[:, prompt_len:].tolist()
@@ -183,3 +192,15 @@ class VisionEngine:
             text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
             results.append(Generation(text=text, token_ids=ids, timings=dict(stamp), logits=logits))
         return results
+
+
+class _StopWhen:
+    """A `generate` stopping criterion: every row stops once `should_stop()` says so."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        return torch.full(
+            (input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device
+        )
