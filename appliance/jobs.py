@@ -11,9 +11,9 @@ when Redis is back), and every read here comes from the store.
     service.get(job.id).result_text
 
 Stable API (other modules build on it): `from_settings`, `submit`, `open_batch`,
-`close_batch`, `get`, `list`, `cancel`, `retry`, `get_batch`, `queue_depth`, `workers`,
-`events`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo` /
-`JobPage` views they return.
+`close_batch`, `get`, `get_many`, `list`, `recent`, `batch_jobs`, `lane_positions`, `cancel`,
+`retry`, `get_batch`, `queue_depth`, `workers`, `events`, `last_event_id`, `history`, `wait`,
+`input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo` / `JobPage` views they return.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from appliance.settings import Settings
 from appliance.store import init_db
 from appliance.store.base import utcnow
 from appliance.store.models import SOURCES, STATES, TERMINAL, Batch, Job, WorkerRow
-from appliance.store.repo import JobStore
+from appliance.store.repo import JobFilter, JobStore
 
 Source = Literal["panel", "api", "folder", "cli"]
 Priority = Literal["interactive", "bulk"]
@@ -296,6 +296,10 @@ class JobService:
         row = self.store.get(job_id)
         return JobInfo.from_row(row) if row is not None else None
 
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobInfo]:
+        """The jobs with these ids, by id, read in bulk; ids unknown to the store are absent."""
+        return {row.id: JobInfo.from_row(row) for row in self.store.get_many(list(job_ids))}
+
     def list(
         self,
         *,
@@ -304,13 +308,16 @@ class JobService:
         batch_id: str | None = None,
         owner: str | None = None,
         sha256: str | None = None,
+        task: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        terms: Sequence[str] | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> JobPage:
         """Jobs newest first, filtered; `since`/`until` bound `created_at` ([since, until);
-        naive datetimes are taken as UTC).
+        naive datetimes are taken as UTC). `terms`: each must occur, case-insensitively and
+        literally (no wildcards), in the result text, the summary or the filename.
 
         Pagination: pass the returned `next_cursor` back as `cursor` (None: last page).
         """
@@ -319,19 +326,40 @@ class JobService:
             if s not in STATES:
                 raise InvalidRequest(f"unknown state {s!r}; one of {', '.join(STATES)}")
         limit = max(1, min(int(limit), 1000))
-        since, until = _utc(since), _utc(until)
-        rows, next_cursor = self.store.list_jobs(
-            states=states,
+        where = JobFilter(
+            states=tuple(states or ()),
             source=source,
             batch_id=batch_id,
             owner=owner,
             sha256=sha256,
-            since=since,
-            until=until,
-            cursor=cursor,
-            limit=limit,
+            task=task,
+            since=_utc(since),
+            until=_utc(until),
+            terms=tuple(terms or ()),
         )
+        rows, next_cursor = self.store.list_jobs(where, cursor=cursor, limit=limit)
         return JobPage([JobInfo.from_row(r) for r in rows], next_cursor)
+
+    def recent(
+        self, *, since: datetime, owner: str | None = None, limit: int = 50
+    ) -> list[JobInfo]:
+        """What a live queue shows: the newest `limit` of the jobs that are queued or running
+        or were created since `since` (naive: UTC); only `owner`'s when given."""
+        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+        rows = self.store.recent_jobs(since=since, owner=owner, limit=limit)
+        return [JobInfo.from_row(r) for r in rows]
+
+    def batch_jobs(self, batch_id: str, *, owner: str | None = None) -> list[JobInfo]:
+        """Every job of the batch, oldest first; only `owner`'s when given."""
+        return [JobInfo.from_row(r) for r in self.store.batch_jobs(batch_id, owner=owner)]
+
+    def lane_positions(self, *, scan: int = 1000) -> dict[str, int]:
+        """Job id -> 1-based place in its lane (priority) for queued jobs, oldest first.
+
+        Only the `scan` oldest queued jobs get a place: counting a 10 000-deep lane on every
+        refresh of a queue view is waste.
+        """
+        return self.store.lane_positions(scan)
 
     def get_batch(self, batch_id: str) -> BatchInfo | None:
         row, counts = self.store.get_batch(batch_id)
@@ -363,6 +391,11 @@ class JobService:
         stale = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
         return [_worker_info(row, stale) for row in self.store.list_workers()]
 
+    def last_event_id(self) -> int:
+        """Id of the newest stored event (0: none yet); `events(after=...)` with it is "from
+        now", fixed at the moment of this call."""
+        return self.store.last_event_id()
+
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """The job's events, oldest first (queued, running, requeued, succeeded, ...)."""
         return self.store.job_events(job_id)
@@ -377,8 +410,8 @@ class JobService:
     # -- control ----------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobInfo:
-        """Cancel a queued or running job. A running one stops counting at once: its worker
-        finishes the current generation and throws the result away."""
+        """Cancel a queued or running job. A running one stops counting at once; its worker
+        sees the cancel at its next heartbeat, stops the generation and writes nothing."""
         row, changed = self.store.cancel(job_id)
         if row is None:
             raise JobNotFound(f"no job {job_id}")

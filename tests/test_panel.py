@@ -337,13 +337,13 @@ def test_history_pages_with_a_cursor(app: Any, alice: Any) -> None:
     for i in range(3):
         upload(alice, jpeg_bytes(colour=(i, 9, 9)), f"f{i}.jpg")
     with app.app_context():
-        from web.panel.db import read_db
-
         user = _users(app).get("alice")
-        first, cursor = queries.history(read_db(), user, queries.HistoryQuery(limit=2))
-        second, end = queries.history(read_db(), user, queries.HistoryQuery(limit=2, cursor=cursor))
-    assert [j.filename for j in first] == ["f2.jpg", "f1.jpg"]
-    assert [j.filename for j in second] == ["f0.jpg"] and end is None
+        first = queries.history(user, queries.HistoryQuery(limit=2))
+        second = queries.history(user, queries.HistoryQuery(limit=2, cursor=first.next_cursor))
+        mangled = queries.history(user, queries.HistoryQuery(limit=2, cursor="not-a-cursor"))
+    assert [j.filename for j in first.items] == ["f2.jpg", "f1.jpg"]
+    assert [j.filename for j in second.items] == ["f0.jpg"] and second.next_cursor is None
+    assert mangled.items == first.items  # a bad cursor in the URL: the first page, no error
 
 
 def test_cancel_and_retry(alice: Any) -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 
 from appliance.errors import JobNotFound, JobStateConflict
 from appliance.jobs import JobService
@@ -22,7 +25,7 @@ from appliance.runner import JobRunner, Watchdog
 from appliance.schema import TaskRequest
 from appliance.settings import Settings, load_settings
 from appliance.store.base import utcnow
-from appliance.store.models import WorkerRow
+from appliance.store.models import Job, WorkerRow
 from tests.queue_helpers import RedisServer, png_bytes, wait_for
 from workers.gpus import Gpu, parse_devices, parse_nvidia_smi, plan_workers
 
@@ -150,6 +153,71 @@ def test_events_stream_from_the_store(service: JobService) -> None:
     assert [(e["job_id"], e["event"]) for e in got] == [(job.id, "queued"), (job.id, "cancelled")]
     replay = list(service.events(after=got[0]["id"] - 1, max_s=0.2, poll_s=0.1))
     assert [e["event"] for e in replay if e] == ["queued", "cancelled"]
+    assert service.last_event_id() == got[-1]["id"]
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def test_get_many_reads_in_bulk_and_leaves_out_unknown_ids(service: JobService) -> None:
+    a = service.submit(b"a", "a.png", CAPTION, source="api")
+    b = service.submit(b"b", "b.png", CAPTION, source="folder")
+    service.cancel(b.id)
+    # More ids than one IN (...) chunk holds, the known ones at both ends.
+    ids = [a.id, *(str(uuid.uuid4()) for _ in range(600)), b.id]
+    jobs = service.get_many(ids)
+    assert set(jobs) == {a.id, b.id}
+    assert jobs[a.id] == service.get(a.id) and jobs[b.id].state == "cancelled"
+    assert service.get_many([]) == {}
+
+
+def _succeed(service: JobService, job_id: str, text: str) -> None:
+    with service.store.write() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(state="succeeded", result_text=text)
+        )
+
+
+def test_list_searches_words_literally_and_by_owner(service: JobService) -> None:
+    ana = service.submit(b"a", "yard.png", CAPTION, source="api", owner="ana")
+    bo = service.submit(b"b", "desk.png", CAPTION, source="api", owner="bo")
+    _succeed(service, ana.id, "A yellow FORKLIFT, 100% paid")
+    _succeed(service, bo.id, "a forklift by the desk, 100 paid")
+
+    def found(**filters: Any) -> list[str]:
+        return [j.id for j in service.list(**filters).items]
+
+    assert found(terms=["Forklift"]) == [bo.id, ana.id]  # any case, newest first
+    assert found(terms=["forklift"], owner="ana") == [ana.id]
+    assert found(terms=["forklift", "desk"]) == [bo.id]  # every word must occur
+    assert found(terms=["DESK.PNG"]) == [bo.id]  # the filename counts too
+    assert found(terms=["100%"]) == [ana.id]  # % and _ are literal, not wildcards
+    assert found(terms=["1_0"]) == []
+    assert found(terms=["forklift"], task="ocr") == []
+
+
+def test_lane_positions_recent_jobs_and_batch_jobs(service: JobService) -> None:
+    first = service.submit(b"1", "1.png", CAPTION, source="api", owner="ana")
+    bulk = service.submit(b"2", "2.png", CAPTION, source="folder")
+    second = service.submit(b"3", "3.png", CAPTION, source="api", owner="bo", batch_id="b1")
+    third = service.submit(b"4", "4.png", CAPTION, source="api", owner="ana", batch_id="b1")
+    assert service.lane_positions() == {first.id: 1, second.id: 2, third.id: 3, bulk.id: 1}
+    assert service.lane_positions(scan=2) == {first.id: 1, bulk.id: 1}  # the oldest only
+    service.cancel(first.id)
+    assert service.lane_positions() == {second.id: 1, third.id: 2, bulk.id: 1}
+
+    def recent(**kwargs: Any) -> list[str]:
+        return [j.id for j in service.recent(**kwargs)]
+
+    # An ended job shows while it was created since `since`; an active one always does.
+    later = utcnow() + timedelta(hours=1)
+    assert recent(since=later) == [third.id, second.id, bulk.id]
+    assert recent(since=later - timedelta(hours=2), owner="ana") == [third.id, first.id]
+    assert recent(since=later, limit=1) == [third.id]
+
+    assert [j.id for j in service.batch_jobs("b1")] == [second.id, third.id]  # oldest first
+    assert [j.id for j in service.batch_jobs("b1", owner="bo")] == [second.id]
+    assert service.batch_jobs("nope") == []
 
 
 # -- settings and Redis checks --------------------------------------------------------------

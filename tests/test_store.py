@@ -15,7 +15,7 @@ from appliance.schema import TaskRequest
 from appliance.store import all_metadata, init_db
 from appliance.store.base import utcnow
 from appliance.store.models import Batch, Job, WorkerRow
-from appliance.store.repo import JobStore
+from appliance.store.repo import JobFilter, JobStore
 
 
 @pytest.fixture
@@ -157,15 +157,15 @@ def test_list_pages_with_a_cursor(store: JobStore) -> None:
     seen: list[str] = []
     cursor = None
     while True:
-        rows, cursor = store.list_jobs(limit=3, cursor=cursor)
+        rows, cursor = store.list_jobs(JobFilter(), limit=3, cursor=cursor)
         seen += [r.id for r in rows]
         if cursor is None:
             break
     assert seen == list(reversed(ids))
-    rows, _ = store.list_jobs(owner="ana", limit=100)
+    rows, _ = store.list_jobs(JobFilter(owner="ana"), limit=100)
     assert len(rows) == 3
     with pytest.raises(InvalidRequest):
-        store.list_jobs(cursor="not-a-cursor")
+        store.list_jobs(JobFilter(), cursor="not-a-cursor")
 
 
 def test_batch_finishes_once_with_a_digest(store: JobStore) -> None:

@@ -2,7 +2,8 @@
 
 - `models`: `Job`, `Batch`, `JobEvent`, `WorkerRow` and the state names.
 - `db`: `init_db(settings)` (migrate to head, return the engine), `get_engine`, sessions.
-- `repo`: `JobStore`, every state transition as one conditional write.
+- `repo`: `JobStore`, every state transition as one conditional write, and every query;
+  `JobFilter`, what a job listing selects.
 
 Other modules of this package may define more tables on `Base`; `all_metadata()` imports them
 all, for Alembic's autogenerate.

@@ -8,12 +8,25 @@ workers race for a job, it gets at most one result. Callers get the rows back de
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, case, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -39,6 +52,9 @@ from appliance.store.models import (
 
 Notify = Callable[[list[dict[str, Any]]], None]
 _EVENT_COLUMNS = [c for c in JobEvent.__table__.columns if c.key != "id"]
+# One IN (...) query per this many ids: SQLite's variable limit is 32766, and smaller chunks
+# keep each read transaction short next to the workers' writes.
+_IN_CHUNK = 500
 
 # The per-job path (an event per transition, claim, result) runs prebuilt statements with bound
 # parameters: SQLAlchemy memoizes a statement object's cache key, while building one per call
@@ -98,6 +114,60 @@ def event_dict(event: JobEvent) -> dict[str, Any]:
         "worker": event.worker,
         "detail": event.detail,
     }
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a listing returns; an empty field does not narrow it. `JobService` checks
+    the values (known states, UTC datetimes) before it builds one."""
+
+    states: tuple[str, ...] = ()
+    source: str | None = None
+    batch_id: str | None = None
+    owner: str | None = None
+    sha256: str | None = None
+    task: str | None = None
+    since: datetime | None = None  # created_at >= since
+    until: datetime | None = None  # created_at < until
+    # Words that must each occur, case-insensitively, in the result text, summary or filename.
+    terms: tuple[str, ...] = ()
+
+
+def _conditions(where: JobFilter) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    if where.states:
+        out.append(Job.state.in_(where.states))
+    if where.source:
+        out.append(Job.source == where.source)
+    if where.batch_id:
+        out.append(Job.batch_id == where.batch_id)
+    if where.owner:
+        out.append(Job.owner == where.owner)
+    if where.sha256:
+        out.append(Job.input_sha256 == where.sha256)
+    if where.task:
+        out.append(Job.task == where.task)
+    if where.since:
+        out.append(Job.created_at >= where.since)
+    if where.until:
+        out.append(Job.created_at < where.until)
+    for term in where.terms:
+        # ILIKE is case-insensitive on PostgreSQL; SQLite's LIKE already is for ASCII.
+        pattern = _like(term)
+        out.append(
+            or_(
+                Job.result_text.ilike(pattern, escape="\\"),
+                Job.summary.ilike(pattern, escape="\\"),
+                Job.filename.ilike(pattern, escape="\\"),
+            )
+        )
+    return out
+
+
+def _like(term: str) -> str:
+    """A LIKE pattern matching `term` literally anywhere: a user's % or _ is no wildcard."""
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class JobStore:
@@ -680,35 +750,20 @@ class JobStore:
             )
             return batch, {k: int(v) for k, v in counts.items()}
 
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs with these ids, in no particular order; unknown ids are left out."""
+        rows: list[Job] = []
+        for start in range(0, len(job_ids), _IN_CHUNK):
+            chunk = job_ids[start : start + _IN_CHUNK]
+            with self.read() as session:
+                rows += session.scalars(select(Job).where(Job.id.in_(chunk)))
+        return rows
+
     def list_jobs(
-        self,
-        *,
-        states: list[str] | None = None,
-        source: str | None = None,
-        batch_id: str | None = None,
-        owner: str | None = None,
-        sha256: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
+        self, filter: JobFilter, *, cursor: str | None = None, limit: int = 50
     ) -> tuple[list[Job], str | None]:
         """Newest first; returns (jobs, cursor of the next page or None)."""
-        stmt = select(Job)
-        if states:
-            stmt = stmt.where(Job.state.in_(states))
-        if source:
-            stmt = stmt.where(Job.source == source)
-        if batch_id:
-            stmt = stmt.where(Job.batch_id == batch_id)
-        if owner:
-            stmt = stmt.where(Job.owner == owner)
-        if sha256:
-            stmt = stmt.where(Job.input_sha256 == sha256)
-        if since:
-            stmt = stmt.where(Job.created_at >= since)
-        if until:
-            stmt = stmt.where(Job.created_at < until)
+        stmt = select(Job).where(*_conditions(filter))
         if cursor:
             at, last_id = decode_cursor(cursor)
             stmt = stmt.where(
@@ -720,6 +775,41 @@ class JobStore:
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, encode_cursor(rows[-1]) if more and rows else None
+
+    def recent_jobs(
+        self, *, since: datetime, owner: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        """The newest `limit` of the jobs still queued or running or created since `since`."""
+        stmt = select(Job).where(or_(Job.state.in_(ACTIVE), Job.created_at >= since))
+        if owner:
+            stmt = stmt.where(Job.owner == owner)
+        with self.read() as session:
+            return list(session.scalars(stmt.order_by(Job.created_at.desc()).limit(limit)))
+
+    def batch_jobs(self, batch_id: str, *, owner: str | None = None) -> list[Job]:
+        """The batch's jobs (only `owner`'s, if given), oldest first."""
+        stmt = select(Job).where(Job.batch_id == batch_id)
+        if owner:
+            stmt = stmt.where(Job.owner == owner)
+        with self.read() as session:
+            return list(session.scalars(stmt.order_by(Job.created_at, Job.id)))
+
+    def lane_positions(self, scan: int) -> dict[str, int]:
+        """1-based place of each queued job in its lane (priority), oldest first; only the
+        `scan` oldest queued jobs get one."""
+        with self.read() as session:
+            rows = session.execute(
+                select(Job.id, Job.priority)
+                .where(Job.state == QUEUED)
+                .order_by(Job.created_at, Job.id)
+                .limit(scan)
+            ).all()
+        positions: dict[str, int] = {}
+        counters: dict[str, int] = {}
+        for job_id, lane in rows:
+            counters[lane] = counters.get(lane, 0) + 1
+            positions[job_id] = counters[lane]
+        return positions
 
     def queue_depth(self) -> dict[str, int]:
         with self.read() as session:

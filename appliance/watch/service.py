@@ -5,15 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import select
-
 from appliance.schema import TaskRequest
 from appliance.settings import Settings
 from appliance.watch.port import BatchView, JobView
-
-# One IN (...) query per this many outstanding claims: SQLite's variable limit is 32766, and
-# smaller chunks keep each read transaction short next to the workers' writes.
-CHUNK = 500
 
 
 class ServiceJobs:
@@ -47,21 +41,9 @@ class ServiceJobs:
         return str(job.id)
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobView]:
-        # JobService.get is one session per job; a burst leaves hundreds outstanding, so read
-        # them in bulk straight from the store (read-only session, no write lock).
-        from appliance.store.models import Job
-
-        out: dict[str, JobView] = {}
-        store = self.service.store
-        for start in range(0, len(job_ids), CHUNK):
-            chunk = job_ids[start : start + CHUNK]
-            with store.read() as session:
-                rows = session.execute(
-                    select(Job.id, Job.state, Job.result, Job.error).where(Job.id.in_(chunk))
-                ).all()
-            for job_id, state, result, error in rows:
-                out[job_id] = JobView(job_id, state, result=result, error=error)
-        return out
+        # A burst leaves hundreds of jobs outstanding: one bulk read, not a `get` per job.
+        jobs = self.service.get_many(job_ids)
+        return {i: JobView(i, j.state, result=j.result, error=j.error) for i, j in jobs.items()}
 
     def open_batch(self, *, label: str, language: str, digest: bool) -> str:
         # Deterministic id from the label (folder + local batch id): a crash between opening

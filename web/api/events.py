@@ -67,7 +67,7 @@ class Events(MethodView):
         if after is None:
             # "From now" means now, not when the lazy generator first runs: a client that
             # opens the stream and then submits must see its job's `queued` event.
-            after = svc.jobs.store.last_event_id()
+            after = svc.jobs.last_event_id()
         events = svc.jobs.events(
             after=after,
             job_id=query["job"],

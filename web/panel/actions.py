@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, abort, jsonify, request, stream_with_context, url_for
 from pydantic import ValidationError
@@ -27,9 +27,12 @@ from appliance.schema import TaskRequest
 from appliance.settings import Limits
 from web.panel import bp, queries
 from web.panel.auth import current_user
-from web.panel.db import jobs_service, read_db, settings
+from web.panel.db import jobs_service, settings
 from web.problems import Problem
 from web.uploads import read_upload, safe_filename
+
+if TYPE_CHECKING:
+    from appliance.jobs import JobInfo
 
 log = logging.getLogger(__name__)
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -135,9 +138,7 @@ def upload() -> Response:
         idempotency_key=key,
         owner=owner,
     )
-    row = queries.visible_job(read_db(), current_user(), str(job.id))
-    positions = queries.lane_positions(read_db())
-    body = panel_job(row or job, positions)
+    body = panel_job(job, service.lane_positions())
     body["pages"] = pages
     return jsonify({"job": body}), 201  # type: ignore[return-value]
 
@@ -161,7 +162,9 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else None
 
 
-def panel_job(job: Any, positions: dict[str, int], now: datetime | None = None) -> dict[str, Any]:
+def panel_job(
+    job: JobInfo, positions: dict[str, int], now: datetime | None = None
+) -> dict[str, Any]:
     """A job as the queue table shows it (elapsed is computed here: the browser's clock may be
     minutes off the box's)."""
     now = now or datetime.now(UTC)
@@ -176,16 +179,15 @@ def panel_job(job: Any, positions: dict[str, int], now: datetime | None = None) 
     else:
         elapsed = None
     job_id = str(job.id)
-    worker = getattr(job, "worker", None)
-    device = getattr(job, "device", None)
+    worker, device = job.worker, job.device
     return {
         "id": job_id,
         "filename": job.filename,
-        "task": getattr(job, "task", None) or (getattr(job, "params", None) or {}).get("task"),
+        "task": job.task,
         "state": state,
         "owner": job.owner,
         "position": positions.get(job_id) if state == "queued" else None,
-        "lane": getattr(job, "priority", None),
+        "lane": job.priority,
         "worker": f"{worker} ({device})" if worker and device else worker,
         "error": job.error if state == "failed" else None,
         "elapsed": elapsed,
@@ -199,9 +201,8 @@ def panel_job(job: Any, positions: dict[str, int], now: datetime | None = None) 
 
 
 def _queue(user: Any) -> list[dict[str, Any]]:
-    db = read_db()
-    positions = queries.lane_positions(db)
-    return [panel_job(j, positions) for j in queries.queue_jobs(db, user)]
+    positions = jobs_service().lane_positions()
+    return [panel_job(j, positions) for j in queries.queue_jobs(user)]
 
 
 @bp.route("/queue.json")
@@ -277,8 +278,8 @@ def events() -> Response:
     )
 
 
-def _own_or_404(job_id: str) -> Any:
-    job = queries.visible_job(read_db(), current_user(), job_id)
+def _own_or_404(job_id: str) -> JobInfo:
+    job = queries.visible_job(current_user(), job_id)
     if job is None:
         abort(404, "no such job")
     return job
@@ -307,4 +308,5 @@ def retry(job_id: str) -> Response:
         jobs_service().retry(job_id)
     except JobStateConflict as exc:
         return _reject(409, str(exc))
-    return jsonify({"job": panel_job(_own_or_404(job_id), queries.lane_positions(read_db()))})
+    positions = jobs_service().lane_positions()
+    return jsonify({"job": panel_job(_own_or_404(job_id), positions)})

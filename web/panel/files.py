@@ -81,7 +81,7 @@ def download(job_id: str, fmt: str) -> Response:
                 "id": str(job.id),
                 "filename": job.filename,
                 "task": job.task,
-                "request": job.params,
+                "request": job.request.model_dump(mode="json"),
                 "owner": job.owner,
                 "created_at": job.created_at.isoformat() if job.created_at else None,
                 "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -90,7 +90,7 @@ def download(job_id: str, fmt: str) -> Response:
         }
         return _download(render.pretty_json(body), "application/json", name)
     if fmt == "csv" and result.task == "extract":
-        fields = list((job.params or {}).get("fields") or [])
+        fields = list(job.request.fields)
         pages = [p.model_dump(mode="json") for p in result.pages]
         return _download(render.extract_csv(pages, fields), "text/csv; charset=utf-8", name)
     abort(404, "Unknown download format.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import abort, render_template, request
 from markupsafe import Markup, escape
@@ -15,6 +15,9 @@ from web.panel import bp, queries, render, stats
 from web.panel.actions import panel_job
 from web.panel.auth import current_user
 from web.panel.db import jobs_service, read_db, settings
+
+if TYPE_CHECKING:
+    from appliance.jobs import JobInfo
 
 PRESETS = [
     ("caption", "Caption (one sentence)"),
@@ -47,8 +50,8 @@ def index() -> str:
     )
 
 
-def _job_or_404(job_id: str) -> Any:
-    job = queries.visible_job(read_db(), current_user(), job_id)
+def _job_or_404(job_id: str) -> JobInfo:
+    job = queries.visible_job(current_user(), job_id)
     if job is None:
         # Also for another user's job: 404, so job ids of others are not even confirmed.
         abort(404, "There is no such job, or it is not yours.")
@@ -64,7 +67,7 @@ def _result(job: Any) -> AnalysisResult | None:
 def _batch(job: Any) -> dict[str, Any] | None:
     if not job.batch_id:
         return None
-    jobs = queries.batch_jobs(read_db(), current_user(), job.batch_id)
+    jobs = queries.batch_jobs(current_user(), job.batch_id)
     info = None
     get_batch = getattr(jobs_service(), "get_batch", None)
     if get_batch is not None:
@@ -83,12 +86,12 @@ def _batch(job: Any) -> dict[str, Any] | None:
 def job(job_id: str) -> str:
     row = _job_or_404(job_id)
     result = _result(row)
-    params = row.params or {}
+    params = row.request.model_dump(mode="json")
     page_count = len(result.pages) if result else (row.pages or 1)
     return render_template(
         "panel/job.html",
         job=row,
-        view=panel_job(row, queries.lane_positions(read_db())),
+        view=panel_job(row, jobs_service().lane_positions()),
         params=params,
         result=result,
         page_count=page_count,
@@ -99,7 +102,7 @@ def job(job_id: str) -> str:
 
 @bp.route("/batches/<batch_id>")
 def batch(batch_id: str) -> str:
-    jobs = queries.batch_jobs(read_db(), current_user(), batch_id)
+    jobs = queries.batch_jobs(current_user(), batch_id)
     if not jobs:
         abort(404, "There is no such batch, or it is not yours.")
     info = _batch(jobs[0])
@@ -146,13 +149,13 @@ def history() -> str:
         date_to=_date(args.get("to")),
         cursor=args.get("cursor", "")[:200],
     )
-    rows, next_cursor = queries.history(read_db(), current_user(), hq)
+    page = queries.history(current_user(), hq)
     more_args = {k: v for k, v in args.items() if k != "cursor" and v}
     return render_template(
         "panel/history.html",
         hq=hq,
-        rows=rows,
-        next_cursor=next_cursor,
+        rows=page.items,
+        next_cursor=page.next_cursor,
         more_args=more_args,
         states=STATES,
         tasks=PRESETS,
