@@ -90,6 +90,9 @@ class DropFolder(BaseModel):
     output_dir: Path | None = None
     move_done: bool = True
     dedupe: bool = True
+    # How long a file's content is remembered for dedupe; the index forgets older entries
+    # (on start and hourly), so a camera dropping files all year keeps a bounded index.
+    dedupe_days: float | None = 90.0
     batch_gap_seconds: float = 60.0
     # Added for the watcher (issue 7).
     # A writer that cannot be waited on drops `NAME<marker_suffix>` when NAME is complete.

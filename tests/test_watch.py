@@ -476,3 +476,37 @@ def test_burst_is_taken_each_exactly_once(running) -> None:
     wait_for(lambda: len(files_in(root / "done", "*.jpg.json")) == 200, timeout=30)
     assert sorted(name for _id, name in jobs.submits) == [f"{i:03}.jpg" for i in range(200)]
     wait_for(lambda: claimed(root) == [], timeout=5)
+
+
+def test_dedupe_index_forgets_entries_older_than_dedupe_days(tmp_path: Path) -> None:
+    jobs = MemoryJobs()
+    settings = folder(tmp_path, digest=False, dedupe_days=30)
+    fw = make_watcher(settings, jobs)
+    fw.start()
+    (tmp_path / "old.jpg").write_bytes(jpeg(7))
+    (tmp_path / "recent.jpg").write_bytes(jpeg(8))
+    fw.rescan()
+    drive(fw, lambda: fw.idle())
+    fw.close()
+    assert len(jobs.submits) == 2
+    index = tmp_path / ".processing" / ".index.jsonl"
+    items = [json.loads(line) for line in index.read_text().splitlines()]
+    names = {s[1]: s[0] for s in jobs.submits}  # file name -> job id
+    old_sha = next(i["sha256"] for i in items if i["job_id"] == names["old.jpg"])
+    for item in items:  # the first one was seen 31 days ago
+        if item["sha256"] == old_sha:
+            item["at"] -= 31 * 86400
+    index.write_text("".join(json.dumps(i) + "\n" for i in items))
+
+    fw = make_watcher(settings, jobs)
+    fw.start()
+    (tmp_path / "old again.jpg").write_bytes(jpeg(7))
+    (tmp_path / "recent again.jpg").write_bytes(jpeg(8))
+    fw.rescan()
+    drive(fw, lambda: fw.idle())
+    assert len(jobs.submits) == 3  # the forgotten content ran again, the recent one did not
+    assert jobs.submits[2][1] == "old again.jpg"
+    recent = json.loads((tmp_path / "done" / "recent again.jpg.json").read_text())
+    assert recent["duplicate_of"]["job_id"] == names["recent.jpg"]
+    shas = [json.loads(line)["sha256"] for line in index.read_text().splitlines()]
+    assert shas.count(old_sha) == 1  # the stale line is gone from the file, the new one added

@@ -39,6 +39,7 @@ JOB_POLL_SECONDS = 0.5
 # How long a closed batch waits for its digest before the file is written without it.
 DIGEST_WAIT_SECONDS = 900.0
 INDEX = ".index.jsonl"  # in .processing/: sha256 -> earlier result, for dedupe
+INDEX_PRUNE_SECONDS = 3600.0
 
 
 class FolderBusy(ApplianceError):
@@ -102,6 +103,7 @@ class FolderWatcher:
         self._skip: dict[Path, tuple[int, int]] = {}  # left-in-place originals already done
         self._last_rescan = 0.0
         self._last_poll = 0.0
+        self._last_index_prune = time.monotonic()
         self._lock_fh: IO[str] | None = None
 
     # -- start-up and reconciliation ----------------------------------------------------------
@@ -176,6 +178,8 @@ class FolderWatcher:
                 log.exception("taking %s failed", path)
         if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
             self._poll()
+        if time.monotonic() - self._last_index_prune >= INDEX_PRUNE_SECONDS:
+            self._prune_index()
         self._finish_batches(force=final and not self.outstanding and not len(self.tracker))
 
     def idle(self) -> bool:
@@ -464,17 +468,40 @@ class FolderWatcher:
     def _index_path(self) -> Path:
         return self.root / ".processing" / INDEX
 
+    def _index_cutoff(self) -> float | None:
+        days = self.folder.dedupe_days
+        return None if days is None else time.time() - days * 86400
+
     def _load_index(self) -> None:
         path = self._index_path()
         if not path.exists():
             return
+        cutoff, kept, dropped = self._index_cutoff(), [], 0
         for line in path.read_text().splitlines():
             try:
                 item = json.loads(line)
             except ValueError:
+                dropped += 1
                 continue  # a torn last line after a crash
+            item.setdefault("at", time.time())  # written before entries had a time: from now
+            if cutoff is not None and item["at"] < cutoff:
+                dropped += 1
+                continue
+            kept.append(item)
             if item.get("request") == self.request_key:
                 self.index.setdefault(item["sha256"], item)
+        if dropped:
+            atomic_write(path, "".join(json.dumps(i) + "\n" for i in kept))
+            log.info("%s: dedupe index: forgot %d old entries", self.root, dropped)
+
+    def _prune_index(self) -> None:
+        """Forget entries older than `dedupe_days`, in memory and in the file."""
+        self._last_index_prune = time.monotonic()
+        cutoff = self._index_cutoff()
+        if cutoff is None or not any(i["at"] < cutoff for i in self.index.values()):
+            return
+        self.index = {}
+        self._load_index()  # rewrites the file without them, and reloads what is left
 
     def _index_add(self, c: Claim, job_id: str, final_name: str) -> None:
         if not self.folder.dedupe or not c.sha256:
@@ -484,6 +511,7 @@ class FolderWatcher:
             "request": self.request_key,
             "job_id": job_id,
             "json": str(self.layout.sidecar_dir(c.rel) / f"{final_name}.json"),
+            "at": time.time(),
         }
         self.index.setdefault(c.sha256, item)
         with open(self._index_path(), "a") as fh:
