@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from appliance.engines.common import set_cpu_threads
+from appliance.engines.model_thread import ModelThread
 from appliance.engines.run import run_tasks
 from appliance.engines.summarizer import SummarizerEngine
 from appliance.engines.vision import VisionEngine
@@ -32,6 +33,7 @@ class Pipeline:
         self.max_batch = max_batch
         self.registry = ModelRegistry(settings.models_dir)
         set_cpu_threads(settings.cpu_threads)
+        self.thread = ModelThread()
 
     @cached_property
     def vision(self) -> VisionEngine:
@@ -50,12 +52,13 @@ class Pipeline:
             info.path, device=self.settings.device, cpu_threads=self.settings.cpu_threads
         )
 
-    def warm(self, summarizer: bool = True) -> None:
+    def warm(self, vision: bool = True, summarizer: bool = True) -> None:
         """Load the models and run one tiny generation so the first job pays no start-up."""
-        probe = Image.new("RGB", (64, 64), (128, 128, 128))
-        self.analyze_pages([probe], TaskRequest(task="caption", max_new_tokens=2))
+        if vision:
+            probe = Image.new("RGB", (64, 64), (128, 128, 128))
+            self.analyze_pages([probe], TaskRequest(task="caption", max_new_tokens=2))
         if summarizer:
-            self.summarizer.summarize("warm-up", max_new_tokens=2)
+            self.thread.run(lambda: self.summarizer.summarize("warm-up", max_new_tokens=2))
 
     def load(self, data: bytes) -> list[Image.Image]:
         return load_pages(data, self.settings.limits)
@@ -72,12 +75,14 @@ class Pipeline:
 
         `should_stop()` returning True ends the generation early with `Cancelled`."""
         started = time.perf_counter()
-        per_item = run_tasks(
-            self.vision,
-            items,
-            self.settings.generation,
-            self.max_batch,
-            should_stop=should_stop,
+        per_item = self.thread.run(
+            lambda: run_tasks(
+                self.vision,
+                items,
+                self.settings.generation,
+                self.max_batch,
+                should_stop=should_stop,
+            )
         )
         elapsed_ms = (time.perf_counter() - started) * 1000
         results = []
@@ -105,10 +110,12 @@ class Pipeline:
         return self.analyze_bytes(Path(path).read_bytes(), req)
 
     def summarize(self, result: AnalysisResult, language: str = "en") -> str:
-        return self.summarizer.summarize(result.text, language=language).text
+        return self.thread.run(
+            lambda: self.summarizer.summarize(result.text, language=language).text
+        )
 
     def digest(self, texts: list[str], language: str = "en") -> str:
-        return self.summarizer.digest(texts, language=language).text
+        return self.thread.run(lambda: self.summarizer.digest(texts, language=language).text)
 
 
 def _sum_timings(pages: list[PageResult]) -> dict[str, float]:

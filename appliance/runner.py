@@ -95,10 +95,8 @@ class JobRunner:
 
     def warm(self, vision: bool = True, summarizer: bool = True) -> None:
         """Load the models this worker will use and run one tiny generation with each."""
-        if vision:
-            self.pipeline.warm(summarizer=summarizer)
-        elif summarizer:  # a text-only worker never loads the vision model
-            self.pipeline.summarizer.summarize("warm-up", max_new_tokens=2)
+        # A text-only worker never loads the vision model.
+        self.pipeline.warm(vision=vision, summarizer=summarizer)
 
     # -- jobs -------------------------------------------------------------------------------
 

@@ -199,3 +199,46 @@ def test_should_stop_ends_the_generation_early(vision_engine: VisionEngine, make
         vision_engine.generate_batch([make_photo(2)], ["Describe the image."], params)
     # Asked once per decoding step: it stopped at the 5th of 60 steps, not after the last.
     assert 5 <= len(asked) <= 7
+
+
+def test_model_calls_cost_the_same_from_any_caller_stack_depth(
+    tiny_models_dir: Path, tmp_path
+) -> None:
+    """The pipeline runs the model on its own thread: a caller's deep stack (Celery, the job
+    runner) must not make CPython 3.11 map and unmap frame-stack chunks on every token."""
+    import resource
+    import sys
+
+    from appliance.pipeline import Pipeline
+    from appliance.settings import load_settings
+
+    settings = load_settings(
+        config_file=tmp_path / "none.toml", models_dir=tiny_models_dir, data_dir=tmp_path
+    )
+    pipeline = Pipeline(settings.model_copy(update={"device": "cpu"}))
+    image = Image.new("RGB", (160, 120), (10, 200, 30))
+    request = TaskRequest(task="caption", max_new_tokens=32)
+
+    def at_depth(depth: int, call):  # noqa: ANN001, ANN202 - frames of a fixed size
+        if depth == 0:
+            return call()
+        # ~300 bytes of frame each: 60 of them span more than one 16 KiB frame-stack chunk.
+        a = b = c = d = e = f = g = h = i = j = k = m = n = o = p = q = r = s = t = u = depth  # noqa: F841
+        return at_depth(depth - 1, call)
+
+    def page_faults(call) -> list[int]:  # noqa: ANN001
+        counts = []
+        for depth in range(0, 60, 3):
+            at_depth(depth, call)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            at_depth(depth, call)
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return counts
+
+    through_pipeline = page_faults(lambda: pipeline.analyze_pages([image], request))
+    assert max(through_pipeline) < 150, through_pipeline
+    if sys.version_info[:2] == (3, 11):  # the control: called directly, some depths thrash
+        direct = page_faults(
+            lambda: run_tasks(pipeline.vision, [([image], request)], settings.generation)
+        )
+        assert max(direct) > 600, direct
