@@ -12,8 +12,9 @@ when Redis is back), and every read here comes from the store.
 
 Stable API (other modules build on it): `from_settings`, `submit`, `open_batch`,
 `close_batch`, `get`, `get_many`, `list`, `recent`, `batch_jobs`, `lane_positions`, `cancel`,
-`retry`, `get_batch`, `queue_depth`, `workers`, `events`, `last_event_id`, `history`, `wait`,
-`input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo` / `JobPage` views they return.
+`retry`, `get_batch`, `queue_depth`, `workers`, `metrics`, `finished_since`, `events`,
+`last_event_id`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo`
+/ `JobPage` / `JobMetrics` views they return.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from appliance.settings import Settings
 from appliance.store import init_db
 from appliance.store.base import utcnow
 from appliance.store.models import SOURCES, STATES, TERMINAL, Batch, Job, WorkerRow
-from appliance.store.repo import JobFilter, JobStore
+from appliance.store.repo import JobFilter, JobMetrics, JobStore
 
 Source = Literal["panel", "api", "folder", "cli"]
 Priority = Literal["interactive", "bulk"]
@@ -391,6 +392,19 @@ class JobService:
         stale = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
         return [_worker_info(row, stale) for row in self.store.list_workers()]
 
+    def metrics(self, latency_bounds: Sequence[float], *, recent_jobs: int) -> JobMetrics:
+        """The store's side of a metrics scrape: job counts by (state, source), the
+        submit-to-finish histogram of succeeded jobs (cumulative counts per bound in
+        `latency_bounds`, seconds), and each worker's mean tokens/s over its `recent_jobs`
+        latest succeeded jobs."""
+        return self.store.metrics(latency_bounds, recent_jobs)
+
+    def finished_since(self, since: datetime) -> list[tuple[datetime, datetime, str]]:
+        """(created_at, finished_at, state) of every job that ended at or after `since`
+        (naive: UTC), in no particular order."""
+        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+        return self.store.finished_since(since)
+
     def last_event_id(self) -> int:
         """Id of the newest stored event (0: none yet); `events(after=...)` with it is "from
         now", fixed at the moment of this call."""
@@ -443,14 +457,15 @@ class JobService:
     def wait(
         self, job_ids: list[str], timeout: float | None = None, poll_s: float = 0.2
     ) -> list[JobInfo]:
-        """Poll until every job has ended (or `timeout` passes); returns their latest state."""
+        """Poll until every job has ended (or `timeout` passes); returns their latest state,
+        in the order of `job_ids`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            jobs = [self.get(i) for i in job_ids]
-            missing = [i for i, j in zip(job_ids, jobs, strict=True) if j is None]
-            if missing:
-                raise JobNotFound(f"no job {missing[0]}")
-            infos = [j for j in jobs if j is not None]
+            jobs = self.get_many(job_ids)
+            missing = next((i for i in job_ids if i not in jobs), None)
+            if missing is not None:
+                raise JobNotFound(f"no job {missing}")
+            infos = [jobs[i] for i in job_ids]
             if all(j.done for j in infos) or (deadline and time.monotonic() >= deadline):
                 return infos
             time.sleep(poll_s)
@@ -543,6 +558,7 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "BatchInfo",
     "JobInfo",
+    "JobMetrics",
     "JobPage",
     "JobService",
     "WorkerInfo",

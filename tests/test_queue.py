@@ -171,6 +171,23 @@ def test_get_many_reads_in_bulk_and_leaves_out_unknown_ids(service: JobService) 
     assert service.get_many([]) == {}
 
 
+def test_wait_reads_in_bulk_in_the_order_given(service: JobService) -> None:
+    a = service.submit(b"a", "a.png", CAPTION, source="api")
+    b = service.submit(b"b", "b.png", CAPTION, source="api")
+    service.cancel(a.id)
+    service.cancel(b.id)
+    assert [j.id for j in service.wait([b.id, a.id, b.id], timeout=5)] == [b.id, a.id, b.id]
+    queued = service.submit(b"c", "c.png", CAPTION, source="api")
+    (still,) = service.wait([queued.id], timeout=0.05, poll_s=0.01)  # gives up, no raise
+    assert still.state == "queued"
+    with pytest.raises(JobNotFound, match="no job nope"):
+        service.wait([a.id, "nope"], timeout=5)
+    assert service.wait([]) == []
+    # finished_since takes a naive datetime as UTC, like the other reads.
+    naive = (utcnow() - timedelta(minutes=5)).replace(tzinfo=None)
+    assert [state for _, _, state in service.finished_since(naive)] == ["cancelled"] * 2
+
+
 def _succeed(service: JobService, job_id: str, text: str) -> None:
     with service.store.write() as session:
         session.execute(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, text, update
 
 from appliance.errors import InvalidRequest
 from appliance.schema import TaskRequest
@@ -213,3 +213,74 @@ def test_purge_candidates_spare_files_still_needed(store: JobStore) -> None:
     ids, paths = store.purgeable(utcnow() + timedelta(seconds=1))
     assert set(ids) == {old.id, alone.id}
     assert paths == {"/u/alone"}
+
+
+def _ended(store: JobStore, job_id: str, created: datetime, finished: datetime) -> None:
+    """Give an ended job known timestamps (the store stamps them with the clock)."""
+    with store.write() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(created_at=created, finished_at=finished)
+        )
+
+
+def test_metrics_count_jobs_and_bucket_succeeded_latency(store: JobStore) -> None:
+    empty = store.metrics((1.0, 10.0), recent_jobs=2)
+    assert empty.counts == {} and empty.latency_buckets == ((1.0, 0), (10.0, 0))
+    assert empty.latency_count == 0 and empty.latency_sum == 0.0 and empty.tokens_per_s == {}
+
+    t = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    # (source, worker, tokens/s, seconds to finish, finished at t - ...): gpu0's oldest job
+    # falls out of its 2-job window; gpu1 reports no speed; 200 s is past every bound.
+    done = [
+        ("api", "gpu0@h", 10.0, 0.5, 30),
+        ("api", "gpu0@h", 20.0, 3.0, 20),
+        ("folder", "gpu0@h", 30.0, 30.0, 10),
+        ("folder", "gpu1@h", None, 200.0, 5),
+    ]
+    for source, worker, speed, seconds, ago in done:
+        job, _ = store.create_job(new_job(source=source))
+        claim(store, job.id, worker=worker)
+        timings = {"run_ms": 1} if speed is None else {"tokens_per_s": speed}
+        kwargs = {"result": {}, "text": "x", "pages": 1, "summary_state": None}
+        assert store.succeed(job.id, "t1", timings=timings, **kwargs)
+        finished = t - timedelta(seconds=ago)
+        _ended(store, job.id, finished - timedelta(seconds=seconds), finished)
+    failed, _ = store.create_job(new_job())  # counted, but no latency: it did not succeed
+    claim(store, failed.id, worker="gpu1@h")
+    store.fail(failed.id, "bad", "bad_input")
+    _ended(store, failed.id, t - timedelta(seconds=2), t)
+    claim(store, store.create_job(new_job())[0].id)
+    store.create_job(new_job(source="panel"))
+
+    m = store.metrics((1.0, 10.0, 100.0), recent_jobs=2)
+    assert m.counts == {
+        ("succeeded", "api"): 2,
+        ("succeeded", "folder"): 2,
+        ("failed", "api"): 1,
+        ("running", "api"): 1,
+        ("queued", "panel"): 1,
+    }
+    assert m.latency_buckets == ((1.0, 1), (10.0, 2), (100.0, 3))
+    assert m.latency_count == 4
+    assert m.latency_sum == pytest.approx(233.5, abs=1e-3)  # SQLite: julianday arithmetic
+    assert m.tokens_per_s == {"gpu0@h": 25.0}
+
+
+def test_finished_since_returns_ended_jobs_only(store: JobStore) -> None:
+    t = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    recent, _ = store.create_job(new_job())
+    claim(store, recent.id)
+    store.fail(recent.id, "bad", "bad_input")
+    _ended(store, recent.id, t - timedelta(seconds=7), t)
+    cancelled, _ = store.create_job(new_job())
+    store.cancel(cancelled.id)
+    _ended(store, cancelled.id, t - timedelta(minutes=50), t - timedelta(minutes=30))
+    old, _ = store.create_job(new_job())
+    store.cancel(old.id)
+    _ended(store, old.id, t - timedelta(hours=3), t - timedelta(hours=2))
+    claim(store, store.create_job(new_job())[0].id)  # running: not ended
+    rows = store.finished_since(t - timedelta(hours=1))
+    assert sorted(rows) == [
+        (t - timedelta(minutes=50), t - timedelta(minutes=30), "cancelled"),
+        (t - timedelta(seconds=7), t, "failed"),
+    ]

@@ -14,7 +14,7 @@ from appliance.schema import LANGUAGES, TASKS, AnalysisResult
 from web.panel import bp, queries, render, stats
 from web.panel.actions import panel_job
 from web.panel.auth import current_user
-from web.panel.db import jobs_service, read_db, settings
+from web.panel.db import jobs_service, settings
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo
@@ -216,7 +216,7 @@ def system() -> str:
         workers, depth, error = [], {}, f"queue unavailable: {exc}"
     if not isinstance(depth, dict):
         depth = {"all": depth}
-    buckets = stats.load(read_db())
+    buckets = stats.load(service)
     total = sum(b.jobs for b in buckets)
     latencies = [b.mean_latency * b.jobs for b in buckets if b.mean_latency is not None]
     return render_template(
