@@ -89,8 +89,7 @@ class WorkerRuntime:
             )
             log.info("%s: models warm in %.1f s", self.hostname, time.monotonic() - started)
         self.ready = True
-        service.store.heartbeat(self.hostname, self.boot, state="idle")
-        self._set_model()
+        service.store.heartbeat(self.hostname, self.boot, state="idle", model=self._model_name())
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,19 +116,13 @@ class WorkerRuntime:
                     "give each worker its own hostname"
                 )
 
-    def _set_model(self) -> None:
-        assert self.service is not None and self.runner is not None
+    def _model_name(self) -> str | None:
+        """The vision model this worker loaded (None for a text worker or before warm-up)."""
+        assert self.runner is not None
         pipeline = self.runner._pipeline
-        name = None
         if pipeline is not None and "vision" in pipeline.__dict__:
-            name = getattr(pipeline.vision, "name", None)
-        if name:
-            from sqlalchemy import update
-
-            with self.service.store.write() as session:
-                session.execute(
-                    update(WorkerRow).where(WorkerRow.hostname == self.hostname).values(model=name)
-                )
+            return getattr(pipeline.vision, "name", None)
+        return None
 
     def _loop(self) -> None:
         q = self.settings.queue

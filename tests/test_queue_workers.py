@@ -151,6 +151,7 @@ def test_fifty_jobs_on_two_pinned_workers(cluster: Cluster) -> None:
     names = [f"gpu{i}@{HOST}" for i in (0, 1)]
     rows = {w.hostname: w for w in cluster.service.workers()}
     assert all(rows[name].alive for name in names)
+    assert {rows[name].model for name in names} == {"tiny-mllama-vision"}  # what each loaded
     wait_for(  # heartbeats are written in the background, at most a second late here
         lambda: sum(w.jobs_done for w in cluster.service.workers() if w.hostname in names) == 50,
         10,
