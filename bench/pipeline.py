@@ -132,8 +132,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--models", type=Path, default=None)
-    # A short caption's length; at 16 tokens a tiny-model job lasts ~15 ms on a CPU and the
-    # queue's fixed ~5 ms per job (two store writes, Redis, Celery) shows as ~0.75.
+    # A short caption's length (~75 ms per tiny-model job on one CPU thread). The queue's fixed
+    # ~4 ms per job (claim and result transactions ~1 ms, Celery's ack and fetch ~1 ms, Redis
+    # events) would show as ~0.8 at 16 tokens; on the 11B model it is well under 1 %.
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="Timed rounds; the best counts.")
     parser.add_argument(
