@@ -481,13 +481,17 @@ def test_burst_is_taken_each_exactly_once(running) -> None:
 def test_dedupe_index_forgets_entries_older_than_dedupe_days(tmp_path: Path) -> None:
     jobs = MemoryJobs()
     settings = folder(tmp_path, digest=False, dedupe_days=30)
-    fw = make_watcher(settings, jobs)
-    fw.start()
-    (tmp_path / "old.jpg").write_bytes(jpeg(7))
-    (tmp_path / "recent.jpg").write_bytes(jpeg(8))
-    fw.rescan()
-    drive(fw, lambda: fw.idle())
-    fw.close()
+
+    def drop(old: str, recent: str) -> None:  # a watcher's run over two files
+        fw = make_watcher(settings, jobs)
+        fw.start()
+        (tmp_path / old).write_bytes(jpeg(7))
+        (tmp_path / recent).write_bytes(jpeg(8))
+        fw.rescan()
+        drive(fw, lambda: fw.idle())
+        fw.close()
+
+    drop("old.jpg", "recent.jpg")
     assert len(jobs.submits) == 2
     index = tmp_path / ".processing" / ".index.jsonl"
     items = [json.loads(line) for line in index.read_text().splitlines()]
@@ -498,12 +502,7 @@ def test_dedupe_index_forgets_entries_older_than_dedupe_days(tmp_path: Path) -> 
             item["at"] -= 31 * 86400
     index.write_text("".join(json.dumps(i) + "\n" for i in items))
 
-    fw = make_watcher(settings, jobs)
-    fw.start()
-    (tmp_path / "old again.jpg").write_bytes(jpeg(7))
-    (tmp_path / "recent again.jpg").write_bytes(jpeg(8))
-    fw.rescan()
-    drive(fw, lambda: fw.idle())
+    drop("old again.jpg", "recent again.jpg")
     assert len(jobs.submits) == 3  # the forgotten content ran again, the recent one did not
     assert jobs.submits[2][1] == "old again.jpg"
     recent = json.loads((tmp_path / "done" / "recent again.jpg.json").read_text())
