@@ -74,6 +74,8 @@ class Job(Base):
         # The dynamic-batching lookup: queued jobs with the same generation parameters.
         Index("ix_jobs_state_compat", "state", "compat_key", "created_at"),
         Index("ix_jobs_created", "created_at", "id"),
+        # Retention's hourly purge and the system page's last 24 h look jobs up by end time.
+        Index("ix_jobs_state_finished", "state", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
