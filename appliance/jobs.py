@@ -425,12 +425,15 @@ class JobService:
 
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a queued or running job. A running one stops counting at once; its worker
-        sees the cancel at its next heartbeat, stops the generation and writes nothing."""
+        hears of it through Redis (or at its next heartbeat), stops the generation and writes
+        nothing."""
         row, changed = self.store.cancel(job_id)
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         if not changed:
             raise JobStateConflict(f"job {job_id} is {row.state}; only queued or running jobs")
+        if row.worker:  # it may be running there: stop the generation now, not at a heartbeat
+            self.broker.send_cancel(row.worker, row.id)
         self.job_ended(row.batch_id)
         return JobInfo.from_row(row)
 

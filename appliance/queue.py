@@ -202,6 +202,23 @@ class Broker:
 
     # -- events -----------------------------------------------------------------------------
 
+    def cancel_channel(self, worker: str) -> str:
+        return f"{self.settings.queue.events_channel}:cancel:{worker}"
+
+    def send_cancel(self, worker: str, job_id: str) -> None:
+        """Tell `worker` at once that its job was cancelled (best effort: its heartbeat finds
+        the cancel in the store anyway, within `queue.heartbeat_s`)."""
+        try:
+            self.redis.publish(self.cancel_channel(worker), json.dumps({"job_id": job_id}))
+        except redis.RedisError as exc:
+            log.debug("cancel notice failed: %s", exc)
+
+    def cancels(self, worker: str, poll_s: float = 1.0) -> Iterator[dict[str, Any] | None]:
+        """Cancel notices for `worker` (see `subscribe`: subscribed when this returns)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.cancel_channel(worker))
+        return self._listen(pubsub, poll_s)
+
     def publish(self, events: list[dict[str, Any]]) -> None:
         channel = self.settings.queue.events_channel
         try:

@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class WorkerRuntime:
         self.reconciler: Reconciler | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.cancels: CancelListener | None = None
         self.ready = False
 
     def start(self, warm: bool = True) -> None:
@@ -80,6 +82,8 @@ class WorkerRuntime:
             log.warning("%s: re-queued %d interrupted job(s)", self.hostname, recovered)
         self._thread = threading.Thread(target=self._loop, name="appliance-heartbeat", daemon=True)
         self._thread.start()
+        self.cancels = CancelListener(service, self.hostname, self.runner.check_cancelled)
+        self.cancels.start()
         if warm:
             started = time.monotonic()
             # Only the models its queues need: `--queues interactive,bulk` needs no summarizer,
@@ -93,6 +97,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.cancels is not None:
+            self.cancels.stop()
         if self.runner is not None:
             self.runner.changed.set()
         if self.service is not None:
@@ -180,6 +186,44 @@ class WorkerRuntime:
                     self.runner.lock.release()
         except Exception as exc:
             log.warning("reconcile failed: %s", exc)
+
+
+class CancelListener:
+    """Hears the cancel notices for one worker (`Broker.send_cancel`) and calls `on_cancel`,
+    which stops the running generation if its jobs are no longer the worker's to finish.
+
+    Only an accelerator: a notice lost while Redis is down is caught by the heartbeat's own
+    store check. Survives Redis restarts by subscribing again."""
+
+    def __init__(self, service: JobService, hostname: str, on_cancel: Callable[[], object]) -> None:
+        self.service = service
+        self.hostname = hostname
+        self.on_cancel = on_cancel
+        self.subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cancel-listener", daemon=True)
+
+    def start(self, wait_s: float = 5.0) -> None:
+        """Start, and wait (up to `wait_s`) until notices published from now on are heard."""
+        self._thread.start()
+        self.subscribed.wait(wait_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                notices = self.service.broker.cancels(self.hostname)
+                self.subscribed.set()
+                for notice in notices:
+                    if self._stop.is_set():
+                        return
+                    if notice is not None:
+                        self.on_cancel()
+            except Exception as exc:  # Redis away: the heartbeat's check covers the gap
+                log.debug("cancel listener: %s; subscribing again", exc)
+                self._stop.wait(1.0)
 
 
 def _same_worker_alive(pid: int, hostname: str) -> bool:

@@ -425,10 +425,38 @@ def test_worker_heartbeat_stops_a_cancelled_generation(
             return real(self, run, items)
 
         monkeypatch.setattr(JobRunner, "_infer", cancel_and_wait)
+        # The notice through Redis is lost: the heartbeat's store check must catch the cancel.
+        monkeypatch.setattr(type(service.broker), "send_cancel", lambda *a: None)
         assert runner.run_job(job.id) == "cancelled"
         assert noticed == [True]
     finally:
         runtime.stop()
+
+
+def test_a_cancel_notice_stops_the_generation_without_waiting_for_a_heartbeat(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.worker import CancelListener
+
+    runner = runner_for(service, pipeline)
+    listener = CancelListener(service, runner.hostname, runner.check_cancelled)
+    listener.start()  # no heartbeat thread here: only the notice can stop the run
+    assert listener.subscribed.is_set()
+    job = service.submit(png_bytes(9), "a.png", CAPTION, source="api")
+    real = JobRunner._infer
+    noticed: list[bool] = []
+
+    def cancel_and_wait(self: JobRunner, run: Any, items: Any) -> Any:
+        service.cancel(job.id)  # publishes the notice to the job's worker
+        noticed.append(self._stop.wait(10))
+        return real(self, run, items)
+
+    monkeypatch.setattr(JobRunner, "_infer", cancel_and_wait)
+    try:
+        assert runner.run_job(job.id) == "cancelled"
+    finally:
+        listener.stop()
+    assert noticed == [True]
 
 
 def test_hard_time_limit_fails_the_job_and_ends_the_worker(
