@@ -346,8 +346,7 @@ class JobService:
     ) -> list[JobInfo]:
         """What a live queue shows: the newest `limit` of the jobs that are queued or running
         or were created since `since` (naive: UTC); only `owner`'s when given."""
-        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-        rows = self.store.recent_jobs(since=since, owner=owner, limit=limit)
+        rows = self.store.recent_jobs(since=_utc(since), owner=owner, limit=limit)
         return [JobInfo.from_row(r) for r in rows]
 
     def batch_jobs(self, batch_id: str, *, owner: str | None = None) -> list[JobInfo]:
@@ -402,8 +401,7 @@ class JobService:
     def finished_since(self, since: datetime) -> list[tuple[datetime, datetime, str]]:
         """(created_at, finished_at, state) of every job that ended at or after `since`
         (naive: UTC), in no particular order."""
-        since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-        return self.store.finished_since(since)
+        return self.store.finished_since(_utc(since))
 
     def last_event_id(self) -> int:
         """Id of the newest stored event (0: none yet); `events(after=...)` with it is "from

@@ -213,12 +213,6 @@ class Broker:
         except redis.RedisError as exc:
             log.debug("cancel notice failed: %s", exc)
 
-    def cancels(self, worker: str, poll_s: float = 1.0) -> Iterator[dict[str, Any] | None]:
-        """Cancel notices for `worker` (see `subscribe`: subscribed when this returns)."""
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.cancel_channel(worker))
-        return self._listen(pubsub, poll_s)
-
     def publish(self, events: list[dict[str, Any]]) -> None:
         channel = self.settings.queue.events_channel
         try:
@@ -229,14 +223,17 @@ class Broker:
         except redis.RedisError as exc:  # listeners fall back to the store's event log
             log.debug("event publish failed: %s", exc)
 
-    def subscribe(self, poll_s: float = 1.0) -> Iterator[dict[str, Any] | None]:
-        """Events as they are published; None after each quiet `poll_s` (for keep-alives).
+    def subscribe(
+        self, poll_s: float = 1.0, channel: str | None = None
+    ) -> Iterator[dict[str, Any] | None]:
+        """Events (or what `channel` carries, e.g. `cancel_channel(worker)`) as they are
+        published; None after each quiet `poll_s` (for keep-alives).
 
         Subscribes before returning (raises if Redis is down), so nothing published after
         this call is missed by the returned iterator.
         """
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.settings.queue.events_channel)
+        pubsub.subscribe(channel or self.settings.queue.events_channel)
         return self._listen(pubsub, poll_s)
 
     @staticmethod

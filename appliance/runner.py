@@ -72,9 +72,9 @@ class JobRunner:
         # Set when `current` changes: the heartbeat thread writes it soon, off the job's path.
         self.changed = threading.Event()
         self.watchdog = Watchdog(self._timed_out)
-        # Cancelling a running job: the heartbeat thread sees it in the store (`check_cancelled`)
-        # and sets `_stop`, which the generation asks after every step. `_guard` ties both to
-        # one run's claim, so a late check can never stop the next run.
+        # Cancelling a running job: `check_cancelled` (on a cancel notice, and at every
+        # heartbeat) finds it in the store and sets `_stop`, which the generation asks after
+        # every step. `_guard` ties both to one run's claim: a late check never stops the next.
         self._guard = threading.Lock()
         self._run_claim: str | None = None
         self._stop = threading.Event()
@@ -129,15 +129,14 @@ class JobRunner:
 
     def check_cancelled(self) -> bool:
         """Stop the running generation when none of its jobs is still ours to finish
-        (cancelled, or taken over). Called from the heartbeat thread; True if it stopped."""
+        (cancelled, or taken over). Called from the worker's heartbeat and cancel-listener
+        threads; True if it stopped."""
         with self._guard:
             claim, ids = self._run_claim, list(self.current)
         if claim is None or self._stop.is_set():
             return False
-        for job_id in ids:
-            job = self.store.get(job_id)
-            if job is not None and job.state == RUNNING and job.claim == claim:
-                return False
+        if any(j.state == RUNNING and j.claim == claim for j in self.store.get_many(ids)):
+            return False
         with self._guard:
             if self._run_claim != claim:
                 return False

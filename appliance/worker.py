@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from appliance.jobs import JobService
-from appliance.queue import LANES, QUEUE_ORDER, TEXT, QueueMisconfigured, check_settings
+from appliance.queue import LANES, QUEUE_ORDER, TEXT, Broker, QueueMisconfigured, check_settings
 from appliance.recovery import Reconciler
 from appliance.runner import JobRunner
 from appliance.settings import Settings
@@ -82,7 +82,7 @@ class WorkerRuntime:
             log.warning("%s: re-queued %d interrupted job(s)", self.hostname, recovered)
         self._thread = threading.Thread(target=self._loop, name="appliance-heartbeat", daemon=True)
         self._thread.start()
-        self.cancels = CancelListener(service, self.hostname, self.runner.check_cancelled)
+        self.cancels = CancelListener(service.broker, self.hostname, self.runner.check_cancelled)
         self.cancels.start()
         if warm:
             started = time.monotonic()
@@ -195,8 +195,8 @@ class CancelListener:
     Only an accelerator: a notice lost while Redis is down is caught by the heartbeat's own
     store check. Survives Redis restarts by subscribing again."""
 
-    def __init__(self, service: JobService, hostname: str, on_cancel: Callable[[], object]) -> None:
-        self.service = service
+    def __init__(self, broker: Broker, hostname: str, on_cancel: Callable[[], object]) -> None:
+        self.broker = broker
         self.hostname = hostname
         self.on_cancel = on_cancel
         self.subscribed = threading.Event()
@@ -214,7 +214,7 @@ class CancelListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                notices = self.service.broker.cancels(self.hostname)
+                notices = self.broker.subscribe(channel=self.broker.cancel_channel(self.hostname))
                 self.subscribed.set()
                 for notice in notices:
                     if self._stop.is_set():

@@ -439,7 +439,7 @@ def test_a_cancel_notice_stops_the_generation_without_waiting_for_a_heartbeat(
     from appliance.worker import CancelListener
 
     runner = runner_for(service, pipeline)
-    listener = CancelListener(service, runner.hostname, runner.check_cancelled)
+    listener = CancelListener(service.broker, runner.hostname, runner.check_cancelled)
     listener.start()  # no heartbeat thread here: only the notice can stop the run
     assert listener.subscribed.is_set()
     job = service.submit(png_bytes(9), "a.png", CAPTION, source="api")
@@ -601,12 +601,12 @@ def test_watchdog_fires_only_for_the_run_still_armed() -> None:
     calls: list[tuple[Any, ...]] = []
     fired = threading.Event()
     dog = Watchdog(lambda *args: (calls.append(args), fired.set()))
-    dog.arm(0.2, "disarmed in time")
+    dog.arm(1.0, "disarmed in time")
     dog.disarm()
     assert not dog.armed
-    dog.arm(0.5, "late")  # the thread is waiting for the first deadline: it must re-read
+    dog.arm(1.5, "late")  # the thread is waiting for the first deadline: it must re-read
     assert fired.wait(10)
-    assert calls == [(0.5, "late")] and not dog.armed
+    assert calls == [(1.5, "late")] and not dog.armed
     fired.clear()
     dog.arm(600, "long")
     dog.disarm()

@@ -246,7 +246,8 @@ class JobStore:
     @staticmethod
     def _transition(session: Session, where: Iterable[Any], **values: Any) -> Job | None:
         """One conditional UPDATE that hands back the changed row (RETURNING): None if no row
-        matched. Saves the SELECT after the UPDATE on the per-job path (claim, result)."""
+        matched, and no SELECT after it. (Claim and result, once per job, use the prebuilt
+        statements above instead.)"""
         values.setdefault("updated_at", utcnow())
         stmt = update(Job).where(*where).values(**values).returning(Job)
         rows = session.scalars(stmt, execution_options={"synchronize_session": False})
