@@ -1,7 +1,7 @@
 """`JobService`: the one way into the job queue, for every intake path.
 
 The REST API, the panel, the drop-folder watcher and `appliance submit` all call
-`JobService.submit(...)`; workers run the jobs (`appliance.runner`). The job store is the
+`JobService.submit(...)`; workers run the jobs (`appliance.runtime.runner`). The job store is the
 source of truth: a submit that cannot reach Redis still succeeds (the reconciler sends the job
 when Redis is back), and every read here comes from the store.
 
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
 from appliance.queue import LANES, Broker
@@ -35,11 +35,9 @@ from appliance.schema import TaskRequest
 from appliance.settings import Settings
 from appliance.store import init_db
 from appliance.store.base import utcnow
-from appliance.store.models import SOURCES, STATES, TERMINAL, Batch, Job, WorkerRow
 from appliance.store.repo import JobFilter, JobMetrics, JobStore
-
-Source = Literal["panel", "api", "folder", "cli"]
-Priority = Literal["interactive", "bulk"]
+from appliance.store.tables import Batch, Job, WorkerRow
+from appliance.vocab import BULK, INTERACTIVE, SOURCES, STATES, TERMINAL, Priority, Source
 
 
 @dataclass(frozen=True)
@@ -217,7 +215,7 @@ class JobService:
         """
         if source not in SOURCES:
             raise InvalidRequest(f"unknown source {source!r}")
-        lane = priority or ("bulk" if source == "folder" else "interactive")
+        lane = priority or (BULK if source == "folder" else INTERACTIVE)
         if lane not in LANES:
             raise InvalidRequest(f"unknown priority {lane!r}")
         sha = hashlib.sha256(data).hexdigest()

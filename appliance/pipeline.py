@@ -19,7 +19,7 @@ from appliance.engines.run import run_tasks
 from appliance.engines.summarizer import SummarizerEngine
 from appliance.engines.vision import VisionEngine
 from appliance.intake import load_pages
-from appliance.models import ModelRegistry
+from appliance.registry import ModelRegistry
 from appliance.schema import AnalysisResult, PageResult, TaskRequest
 from appliance.settings import Settings
 

@@ -19,11 +19,10 @@ from kombu import Exchange, Queue
 
 from appliance.errors import ApplianceError
 from appliance.settings import Settings
+from appliance.vocab import BULK, INTERACTIVE
 
 log = logging.getLogger(__name__)
 
-INTERACTIVE = "interactive"
-BULK = "bulk"
 TEXT = "text"
 LANES: tuple[str, ...] = (INTERACTIVE, BULK)
 # Consumed in this order (kombu's "priority" strategy): a waiting panel/API job always goes

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.errors import InvalidRequest
 from appliance.settings import Settings
-from appliance.store.tokens import ApiToken
+from appliance.store.accounts import ApiToken
 
 SCOPES: tuple[str, ...] = ("read", "submit", "admin")
 PREFIX = "apl_"

@@ -19,7 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from appliance.errors import InvalidRequest
 from appliance.settings import Settings
-from appliance.store.users import User
+from appliance.store.accounts import User
 
 # Names end up in job owners, URLs and logs: keep them boring.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -27,15 +27,15 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from appliance.build.tiny import VISION_NAME, make_tiny  # noqa: E402
 from appliance.engines.vision import GenParams, VisionEngine, quantization_config  # noqa: E402
-from appliance.tiny import VISION_NAME, make_tiny  # noqa: E402
 
 
 def full_config(image_token_index: int):  # -> MllamaConfig
     """meta-llama/Llama-3.2-11B-Vision-Instruct's architecture, written out."""
     from transformers import MllamaConfig
 
-    from appliance.tiny import LLAMA3_ROPE
+    from appliance.build.tiny import LLAMA3_ROPE
 
     return MllamaConfig(
         vision_config=dict(

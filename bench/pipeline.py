@@ -147,7 +147,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         models = args.models
         if models is None:
-            from appliance.tiny import make_tiny
+            from appliance.build.tiny import make_tiny
 
             models = tmp / "models"
             print("building tiny models ...", file=sys.stderr)

@@ -24,11 +24,11 @@ def _tiny_cache_key() -> str:
     import torch
     import transformers
 
-    import appliance.onnx_export
-    import appliance.tiny
+    import appliance.build.onnx_export
+    import appliance.build.tiny
 
     digest = hashlib.sha256()
-    for module in (appliance.tiny, appliance.onnx_export):
+    for module in (appliance.build.tiny, appliance.build.onnx_export):
         digest.update(Path(module.__file__ or "").read_bytes())
     for lib in (torch, transformers, tokenizers):
         digest.update(lib.__version__.encode())
@@ -36,7 +36,7 @@ def _tiny_cache_key() -> str:
 
 
 def _verified(root: Path) -> bool:
-    from appliance.models import ModelRegistry, verify
+    from appliance.registry import ModelRegistry, verify
 
     try:
         infos = ModelRegistry(root).list()
@@ -50,7 +50,7 @@ def tiny_models_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A models root holding `tiny-mllama-vision` and `tiny-llama-summarizer` (read-only!)."""
-    from appliance.tiny import make_tiny
+    from appliance.build.tiny import make_tiny
 
     name = f"tiny-models-{_tiny_cache_key()}"
     store = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`

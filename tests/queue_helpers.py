@@ -137,7 +137,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        cmd = [sys.executable, "-m", "appliance", "worker", *self.args]
+        cmd = [sys.executable, "-m", "cli", "worker", *self.args]
         cmd += ["--include", "tests.queue_hooks", "--loglevel", "WARNING", "--stop-timeout", "10"]
         handle = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(

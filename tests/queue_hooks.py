@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from appliance.runner import JobRunner
+from appliance.runtime.runner import JobRunner
 
 _infer = JobRunner._infer
 

@@ -52,7 +52,7 @@ def stack(
     _info, secret = app.extensions["appliance"].tokens.create("e2e", "submit")
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed in the finally below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "worker", "--exec", "--loglevel", "WARNING"],
+        [sys.executable, "-m", "cli", "worker", "--exec", "--loglevel", "WARNING"],
         cwd=ROOT,
         env=env,
         stdout=log,

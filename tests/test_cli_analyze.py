@@ -42,7 +42,7 @@ def _run(args: list[str], models: Path, tmp_path: Path) -> subprocess.CompletedP
         "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "6",
     }
     return subprocess.run(
-        [sys.executable, "-m", "appliance", "analyze", *args],
+        [sys.executable, "-m", "cli", "analyze", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli import cli
+from appliance.build.tiny import SUMMARIZER_NAME, VISION_NAME, make_tiny
 from appliance.errors import ModelError
-from appliance.models import ModelRegistry, load_local, read_manifest, verify, write_manifest
-from appliance.tiny import SUMMARIZER_NAME, VISION_NAME, make_tiny
+from appliance.registry import ModelRegistry, load_local, read_manifest, verify, write_manifest
+from cli import cli
 
 
 @pytest.fixture

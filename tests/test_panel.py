@@ -93,7 +93,7 @@ def upload(client: Any, data: bytes, name: str = "photo.jpg", **form: str) -> An
 def finish(app: Any, job_id: str, text: str, **extra: Any) -> None:
     """Mark a job succeeded with `text` as its result, as a worker would."""
     from appliance.store import init_db
-    from appliance.store.models import Job
+    from appliance.store.tables import Job
 
     now = datetime.now(UTC)
     result = {
@@ -413,7 +413,7 @@ def test_chart_buckets() -> None:
 def test_users_cli(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from appliance.cli import cli
+    from cli import cli
 
     env = {"APPLIANCE_DATA_DIR": str(tmp_path), "APPLIANCE_CONFIG_FILE": str(tmp_path / "x.toml")}
     runner = CliRunner()

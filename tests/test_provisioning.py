@@ -134,7 +134,7 @@ def test_bundle_is_complete_and_checksummed(bundle: Path) -> None:
     sums = t.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle, check=False)
     assert sums.returncode == 0, sums.stdout + sums.stderr
 
-    verify = [sys.executable, "-m", "appliance", "bundle", "verify", str(bundle)]
+    verify = [sys.executable, "-m", "cli", "bundle", "verify", str(bundle)]
     assert t.run(verify, cwd=t.REPO, check=False).returncode == 0
     victim = bundle / "models/tiny-mllama-vision/config.json"
     original = victim.read_bytes()

@@ -20,12 +20,12 @@ from sqlalchemy import update
 from appliance.errors import JobNotFound, JobStateConflict
 from appliance.jobs import JobService
 from appliance.queue import QueueMisconfigured, check_settings
-from appliance.recovery import Reconciler
-from appliance.runner import JobRunner, Watchdog
+from appliance.runtime.recovery import Reconciler
+from appliance.runtime.runner import JobRunner, Watchdog
 from appliance.schema import TaskRequest
 from appliance.settings import Settings, load_settings
 from appliance.store.base import utcnow
-from appliance.store.models import Job, WorkerRow
+from appliance.store.tables import Job, WorkerRow
 from tests.queue_helpers import RedisServer, png_bytes, wait_for
 from workers.gpus import Gpu, parse_devices, parse_nvidia_smi, plan_workers
 
@@ -342,7 +342,7 @@ def test_a_second_worker_under_one_hostname_is_refused(service: JobService, tmp_
     import subprocess
     import sys
 
-    from appliance.worker import WorkerRuntime
+    from appliance.runtime.worker import WorkerRuntime
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gpu9@dup"])
     try:
@@ -407,7 +407,7 @@ def test_cancel_while_running_stops_the_generation(
 def test_worker_heartbeat_stops_a_cancelled_generation(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appliance.worker import WorkerRuntime
+    from appliance.runtime.worker import WorkerRuntime
 
     runtime = WorkerRuntime(service.settings, "gpu8@cancel")
     runtime.start(warm=False)
@@ -436,7 +436,7 @@ def test_worker_heartbeat_stops_a_cancelled_generation(
 def test_a_cancel_notice_stops_the_generation_without_waiting_for_a_heartbeat(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appliance.worker import CancelListener
+    from appliance.runtime.worker import CancelListener
 
     runner = runner_for(service, pipeline)
     listener = CancelListener(service.broker, runner.hostname, runner.check_cancelled)

@@ -181,7 +181,7 @@ def test_fifty_jobs_on_two_pinned_workers(cluster: Cluster) -> None:
 
 
 def test_cli_submit_wait_and_jobs_commands(cluster: Cluster, tmp_path: Path) -> None:
-    from appliance.cli import cli
+    from cli import cli
 
     cluster.start("--devices", "0", "--simulate-gpus", APPLIANCE_TEST_SLOW_S="3")
     env = {k: v for k, v in cluster.env.items() if k.startswith("APPLIANCE_")}

@@ -14,8 +14,8 @@ from appliance.errors import InvalidRequest
 from appliance.schema import TaskRequest
 from appliance.store import all_metadata, init_db
 from appliance.store.base import utcnow
-from appliance.store.models import Batch, Job, WorkerRow
 from appliance.store.repo import JobFilter, JobStore
+from appliance.store.tables import Batch, Job, WorkerRow
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli import cli
+from appliance.build.tiny import SUMMARIZER_NAME
 from appliance.engines.common import GenParams
 from appliance.engines.compare import divergence
 from appliance.engines.summarizer import SummarizerEngine
 from appliance.errors import ModelError
-from appliance.models import ModelRegistry, read_manifest, verify
-from appliance.tiny import SUMMARIZER_NAME
+from appliance.registry import ModelRegistry, read_manifest, verify
+from cli import cli
 
 TEXTS = [
     "Invoice A-1023 from ACME GmbH dated 2024-05-01, total 99.50 EUR, two items: apple, bread.",

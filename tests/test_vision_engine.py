@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from appliance.build.tiny import VISION_NAME
 from appliance.engines.common import Generation
 from appliance.engines.compare import divergence
 from appliance.engines.run import run_task, run_tasks
@@ -15,7 +16,6 @@ from appliance.engines.vision import IMAGE_TOKEN, GenParams, VisionEngine
 from appliance.errors import ApplianceError, Cancelled, ExtractionFailed, ModelError
 from appliance.schema import TaskRequest
 from appliance.settings import Generation as Defaults
-from appliance.tiny import VISION_NAME
 
 TIMING_KEYS = {"preprocess_ms", "prefill_ms", "decode_ms", "tokens_per_s"}
 

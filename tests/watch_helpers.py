@@ -98,7 +98,7 @@ def spawn(args: list[str], config: Path, log: Path) -> subprocess.Popen[bytes]:
     env.pop("CUDA_VISIBLE_DEVICES", None)
     handle = open(log, "ab")  # noqa: SIM115 - the child keeps writing after we return
     return subprocess.Popen(
-        [sys.executable, "-m", "appliance", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=REPO,
         env=env,
         stdout=handle,

@@ -1,7 +1,7 @@
 """The Celery app: `celery -A workers.celery_app worker --pool=solo` (`appliance worker` runs it).
 
 Settings come from `appliance.settings` (env + TOML); the queue policy lives in
-`appliance.queue.celery_config`; what a worker does on start lives in `appliance.worker`.
+`appliance.queue.celery_config`; what a worker does on start lives in `appliance.runtime.worker`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s] %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    log = logging.getLogger("appliance.worker")
+    log = logging.getLogger("appliance.runtime.worker")
     try:
         queues = sender.app.amqp.queues
         start_runtime(settings, sender.hostname, queues=list(queues.consume_from or queues))

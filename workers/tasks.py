@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from appliance.errors import TransientError
 from appliance.queue import DIGEST_BATCH, PURGE, RUN_JOB, SUMMARIZE_JOB
+from appliance.runtime.worker import WorkerRuntime
 from appliance.settings import Settings
-from appliance.worker import WorkerRuntime
 from workers.celery_app import app, settings
 
 _runtime: WorkerRuntime | None = None

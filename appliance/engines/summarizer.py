@@ -21,7 +21,7 @@ from appliance.engines.common import (
     timings,
 )
 from appliance.errors import ModelError
-from appliance.models import MANIFEST, load_local, read_manifest
+from appliance.registry import MANIFEST, load_local, read_manifest
 from appliance.schema import LANGUAGES
 
 Backend = Literal["auto", "onnx", "torch"]

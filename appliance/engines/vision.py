@@ -24,7 +24,7 @@ from appliance.engines.common import (
     timings,
 )
 from appliance.errors import Cancelled, InvalidRequest, ModelError
-from appliance.models import MANIFEST, load_local, read_manifest
+from appliance.registry import MANIFEST, load_local, read_manifest
 
 IMAGE_TOKEN = "<|image|>"
 QUANTIZATIONS = ("none", "int8", "int4")

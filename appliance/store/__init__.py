@@ -18,7 +18,7 @@ from sqlalchemy import MetaData
 
 from appliance.store.base import Base
 from appliance.store.db import get_engine, init_db, session_factory
-from appliance.store.models import Batch, Job, JobEvent, WorkerRow
+from appliance.store.tables import Batch, Job, JobEvent, WorkerRow
 
 __all__ = [
     "Base",

@@ -35,20 +35,20 @@ from sqlalchemy.orm import Session
 from appliance.errors import InvalidRequest
 from appliance.store.base import utcnow
 from appliance.store.db import session_factory
-from appliance.store.models import (
+from appliance.store.tables import Batch, Job, JobEvent, WorkerRow
+from appliance.vocab import (
     ACTIVE,
+    BULK,
     CANCELLED,
     DONE,
     FAILED,
+    INTERACTIVE,
     PENDING,
     QUEUED,
+    RETRYABLE,
     RUNNING,
     SUCCEEDED,
     TERMINAL,
-    Batch,
-    Job,
-    JobEvent,
-    WorkerRow,
 )
 
 Notify = Callable[[list[dict[str, Any]]], None]
@@ -286,7 +286,7 @@ class JobStore:
                 job.state, job.attempts, job.run_alone = QUEUED, 0, False
                 session.add(job)
                 session.flush()
-                self._event(session, job, "queued", detail=job.filename)
+                self._event(session, job, QUEUED, detail=job.filename)
         except IntegrityError:
             if job.idempotency_key is None:
                 raise
@@ -356,7 +356,7 @@ class JobStore:
             _CLAIM, {**params, "p_now": utcnow()}, execution_options={"synchronize_session": False}
         ).one_or_none()
         if job is not None:
-            self._event(session, job, "running")
+            self._event(session, job, RUNNING)
         return job
 
     def claim_companions(
@@ -377,7 +377,7 @@ class JobStore:
                     Job.id != primary.id,
                     or_(Job.not_before.is_(None), Job.not_before <= now),
                 )
-                .order_by(case((Job.priority == "interactive", 0), else_=1), Job.created_at)
+                .order_by(case((Job.priority == INTERACTIVE, 0), else_=1), Job.created_at)
                 .limit(limit)
             ).all()
         if not ids:
@@ -417,7 +417,7 @@ class JobStore:
                 _SUCCEED, params, execution_options={"synchronize_session": False}
             ).one_or_none()
             if row is not None:  # the event needs these columns only, not the result again
-                self._event(session, Job(**row._asdict()), "succeeded")
+                self._event(session, Job(**row._asdict()), SUCCEEDED)
             return row is not None
 
     def fail(
@@ -444,7 +444,7 @@ class JobStore:
                 finished_at=utcnow(),
             )
             if job is not None:
-                self._event(session, job, "failed", detail=reason)
+                self._event(session, job, FAILED, detail=reason)
             return job is not None
 
     def requeue(
@@ -524,14 +524,14 @@ class JobStore:
                 session,
                 [Job.id == job_id, Job.state.in_(ACTIVE)],
                 state=CANCELLED,
-                error="cancelled",
-                error_code="cancelled",
+                error=CANCELLED,
+                error_code=CANCELLED,
                 claim=None,
                 finished_at=utcnow(),
             )
             job = session.get(Job, job_id, populate_existing=True)
             if changed and job is not None:
-                self._event(session, job, "cancelled")
+                self._event(session, job, CANCELLED)
             return job, bool(changed)
 
     def retry(self, job_id: str) -> tuple[Job | None, bool]:
@@ -543,7 +543,7 @@ class JobStore:
             now = utcnow()
             changed = self._update(
                 session,
-                [Job.id == job_id, Job.state.in_((FAILED, CANCELLED))],
+                [Job.id == job_id, Job.state.in_(RETRYABLE)],
                 state=QUEUED,
                 attempts=0,
                 run_alone=False,
@@ -568,7 +568,7 @@ class JobStore:
                     batch = session.get(Batch, job.batch_id)
                     if batch is not None:
                         batch.finished_at = None
-                self._event(session, job, "queued", detail="retry")
+                self._event(session, job, QUEUED, detail="retry")
             return job, bool(changed)
 
     # -- follow-up text work ----------------------------------------------------------------
@@ -855,10 +855,10 @@ class JobStore:
                 or 0
             )
         return {
-            "interactive": int(lanes.get("interactive", 0)),
-            "bulk": int(lanes.get("bulk", 0)),
+            INTERACTIVE: int(lanes.get(INTERACTIVE, 0)),
+            BULK: int(lanes.get(BULK, 0)),
             "text": int(text),
-            "running": int(running),
+            RUNNING: int(running),
         }
 
     def metrics(self, latency_bounds: Sequence[float], recent_jobs: int) -> JobMetrics:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from appliance.schema import TaskRequest
+from appliance.vocab import FAILED, QUEUED, SUCCEEDED
 from appliance.watch.port import BatchView, JobView
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"%PDF", b"II*\x00", b"MM\x00*", b"GIF8", b"RIFF")
@@ -42,7 +43,7 @@ class MemoryJobs:
                 return self.keys[idempotency_key]
             job_id = uuid.uuid4().hex
             self.keys[idempotency_key] = job_id
-            self.jobs[job_id] = JobView(job_id, "queued")
+            self.jobs[job_id] = JobView(job_id, QUEUED)
             self.submits.append((job_id, filename))
             self.data[job_id] = data
             self.batch_of[job_id] = batch_id
@@ -51,7 +52,7 @@ class MemoryJobs:
     def complete(self, job_id: str) -> None:
         data = self.data[job_id]
         if not data.startswith(_MAGIC):
-            self.jobs[job_id] = JobView(job_id, "failed", error="unsupported or corrupt file")
+            self.jobs[job_id] = JobView(job_id, FAILED, error="unsupported or corrupt file")
             return
         result: dict[str, Any] = {
             "task": "caption",
@@ -59,7 +60,7 @@ class MemoryJobs:
             "pages": [{"page": 1, "text": f"a picture of {len(data)} bytes", "tokens": 3}],
             "timings": {"wall_ms": 1.0},
         }
-        self.jobs[job_id] = JobView(job_id, "succeeded", result=result)
+        self.jobs[job_id] = JobView(job_id, SUCCEEDED, result=result)
 
     def get_many(self, job_ids: list[str]) -> dict[str, JobView]:
         with self.lock:

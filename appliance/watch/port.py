@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.schema import TaskRequest
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+from appliance.vocab import TERMINAL
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from appliance.schema import TaskRequest
 from appliance.settings import Settings
+from appliance.vocab import BULK
 from appliance.watch.port import BatchView, JobView
 
 
@@ -34,7 +35,7 @@ class ServiceJobs:
             filename,
             request,
             source="folder",
-            priority="bulk",
+            priority=BULK,
             batch_id=batch_id,
             idempotency_key=idempotency_key,
         )

@@ -26,6 +26,7 @@ from watchdog.observers.polling import PollingObserver
 from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
+from appliance.vocab import CANCELLED, FAILED, SUCCEEDED
 from appliance.watch.batches import Batch, BatchBook
 from appliance.watch.claims import Claim, claim, load_claims
 from appliance.watch.filters import PathFilter
@@ -253,7 +254,7 @@ class FolderWatcher:
             c.hash()
         except OSError as exc:
             # Ours now but unreadable (permissions, I/O error): failed/, with the reason.
-            self._finish(c, JobView(id="", state="failed", error=f"cannot read the file: {exc}"))
+            self._finish(c, JobView(id="", state=FAILED, error=f"cannot read the file: {exc}"))
             return
         self._dispatch(c)
 
@@ -306,7 +307,7 @@ class FolderWatcher:
             )
         except ApplianceError as exc:
             # The queue refused the file itself (type, size, pages): a final answer.
-            self._finish(c, JobView(id="", state="failed", error=str(exc)))
+            self._finish(c, JobView(id="", state=FAILED, error=str(exc)))
             return
         except Exception:
             # Redis or the store is down, the disk is full: keep the claim, retry next poll.
@@ -355,14 +356,14 @@ class FolderWatcher:
             log.warning("claimed file %s vanished; dropping its claim", c.path)
             self._done_with(c)
             return
-        if view.state == "succeeded" and view.result is not None:
+        if view.state == SUCCEEDED and view.result is not None:
             final = self._final_path(c, self.layout.done_dir(rel))
             text = _result_text(view.result)
             self._write_sidecars(c, final.name, view.id, view.result, text)
             self._index_add(c, view.id, final.name)
             entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
         else:
-            reason = view.error or ("cancelled" if view.state == "cancelled" else "no result")
+            reason = view.error or (CANCELLED if view.state == CANCELLED else "no result")
             final = self._final_path(c, self.layout.failed_dir(rel))
             atomic_write(
                 final.with_name(final.name + ".error.txt"),

@@ -81,7 +81,7 @@ def box(
         "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "24",
         "PYTHONUNBUFFERED": "1",
     }
-    me = [sys.executable, "-m", "appliance"]
+    me = [sys.executable, "-m", "cli"]
     for name, admin in (("alice", False), ("bob", False)):
         argv = [*me, "users", "create", name, "--password-stdin"] + (["--admin"] if admin else [])
         subprocess.run(argv, input=PASSWORD + "\n", text=True, env=env, check=True, cwd=ROOT)

@@ -165,7 +165,7 @@ def build_bundle(out: Path) -> float:
 def _build_bundle(out: Path) -> None:
     run(
         [
-            sys.executable, "-m", "appliance", "bundle", "build", str(out), "--tiny-models",
+            sys.executable, "-m", "cli", "bundle", "build", str(out), "--tiny-models",
             "--cache", str(CACHE / "bundle-cache"), "--project", str(REPO),
         ],
         timeout=1800,

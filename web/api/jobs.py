@@ -16,6 +16,7 @@ from werkzeug.datastructures import FileStorage
 from appliance import intake
 from appliance.errors import InvalidRequest
 from appliance.schema import LANGUAGES, TASKS, TaskRequest
+from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
 from web.api import Blueprint, jobview, results
 from web.problems import Problem
 from web.services import services
@@ -45,9 +46,7 @@ class SubmitSchema(ma.Schema):
     )
     summarize = ma.fields.Boolean(load_default=False)
     language = ma.fields.String(load_default="en", validate=ma.validate.OneOf(list(LANGUAGES)))
-    priority = ma.fields.String(
-        load_default="interactive", validate=ma.validate.OneOf(jobview.PRIORITIES)
-    )
+    priority = ma.fields.String(load_default=INTERACTIVE, validate=ma.validate.OneOf(PRIORITIES))
     batch = ma.fields.String(
         load_default=None,
         validate=ma.validate.Regexp(_BATCH_ID),
@@ -64,7 +63,7 @@ class SubmitSchema(ma.Schema):
 
 class JobSchema(ma.Schema):
     id = ma.fields.String()
-    state = ma.fields.String(metadata={"enum": list(jobview.STATES)})
+    state = ma.fields.String(metadata={"enum": list(STATES)})
     source = ma.fields.String()
     priority = ma.fields.String()
     owner = ma.fields.String(allow_none=True)
@@ -98,8 +97,8 @@ class SubmittedSchema(ma.Schema):
 
 
 class JobListQuerySchema(ma.Schema):
-    state = ma.fields.String(load_default=None, validate=ma.validate.OneOf(jobview.STATES))
-    source = ma.fields.String(load_default=None, validate=ma.validate.OneOf(jobview.SOURCES))
+    state = ma.fields.String(load_default=None, validate=ma.validate.OneOf(STATES))
+    source = ma.fields.String(load_default=None, validate=ma.validate.OneOf(SOURCES))
     batch = ma.fields.String(load_default=None, validate=ma.validate.Regexp(_BATCH_ID))
     since = ma.fields.AwareDateTime(
         load_default=None, metadata={"description": "created at or after"}
@@ -235,7 +234,7 @@ class Cancel(MethodView):
         """Cancel a queued or running job (409 if it already ended)."""
         jobs = services().jobs
         job = jobview.get_or_404(jobs, job_id)
-        if job.state in jobview.TERMINAL:
+        if job.state in TERMINAL:
             raise Problem(409, f"job {job_id} already ended ({job.state})")
         jobs.cancel(job_id)
         return jobview.to_dict(jobview.get_or_404(jobs, job_id))
@@ -248,7 +247,7 @@ class Retry(MethodView):
         """Run a failed or cancelled job again (409 otherwise)."""
         jobs = services().jobs
         job = jobview.get_or_404(jobs, job_id)
-        if job.state not in ("failed", "cancelled"):
+        if job.state not in RETRYABLE:
             raise Problem(
                 409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
             )
@@ -267,7 +266,7 @@ class Result(MethodView):
         reason = jobview.failure(job)
         if reason is not None:
             raise Problem(409, f"job {job_id} has no result: {reason}")
-        if job.state != "succeeded":
+        if job.state != SUCCEEDED:
             raise Problem(409, f"job {job_id} is {job.state}; the result is not ready yet")
         result = jobview.result_of(job)
         if result is None:  # pragma: no cover - a succeeded job always has one

@@ -10,12 +10,14 @@ import time
 from typing import Any
 
 from appliance.schema import AnalysisResult
+from appliance.vocab import (
+    BULK,
+    CANCELLED,
+    FAILED,
+    INTERACTIVE,
+    TERMINAL,
+)
 from web.problems import Problem
-
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = {"succeeded", "failed", "cancelled"}
-SOURCES = ("panel", "api", "folder", "cli")
-PRIORITIES = ("interactive", "bulk")
 
 
 def job_id(job: Any) -> str:
@@ -40,9 +42,9 @@ def get_or_404(jobs: Any, job_id_: str) -> Any:
 
 def failure(job: Any) -> str | None:
     state = getattr(job, "state", None)
-    if state == "failed":
+    if state == FAILED:
         return getattr(job, "error", None) or "the job failed"
-    if state == "cancelled":
+    if state == CANCELLED:
         return "the job was cancelled"
     return None
 
@@ -58,7 +60,7 @@ def result_of(job: Any) -> AnalysisResult | None:
 def check_queue_capacity(svc: Any, adding: int = 1) -> None:
     """503 + Retry-After when the waiting jobs already reach the configured ceiling."""
     depth = svc.jobs.queue_depth()
-    waiting = depth.get("interactive", 0) + depth.get("bulk", 0)
+    waiting = depth.get(INTERACTIVE, 0) + depth.get(BULK, 0)
     limit = svc.settings.api.max_queue_depth
     if waiting + adding > limit:
         raise Problem(

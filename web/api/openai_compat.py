@@ -22,8 +22,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from appliance.errors import ApplianceError, ModelError
-from appliance.models import ModelRegistry
+from appliance.registry import ModelRegistry
 from appliance.schema import TaskRequest
+from appliance.vocab import INTERACTIVE
 from web.api import jobview
 from web.problems import Problem
 from web.services import services
@@ -223,7 +224,7 @@ class ChatCompletions(MethodView):
                     f"chat-image-{index + 1}",
                     request,
                     source="api",
-                    priority="interactive",
+                    priority=INTERACTIVE,
                     owner=owner.name if owner else None,
                 )
             )

@@ -25,9 +25,18 @@ from appliance.errors import (
 )
 from appliance.schema import TaskRequest
 from appliance.settings import Limits
+from appliance.vocab import (
+    ACTIVE,
+    FAILED,
+    INTERACTIVE,
+    QUEUED,
+    RETRYABLE,
+    RUNNING,
+    TERMINAL,
+)
 from web.panel import bp, queries
 from web.panel.auth import current_user
-from web.panel.db import jobs_service, settings
+from web.panel.handles import jobs_service, settings
 from web.problems import Problem
 from web.uploads import read_upload, safe_filename
 
@@ -35,7 +44,6 @@ if TYPE_CHECKING:
     from appliance.jobs import JobInfo
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled")
 _TICK_SECONDS = 1.0
 _END = object()
 # Short: a write is how a thread notices its browser left, and gunicorn's graceful stop waits
@@ -133,7 +141,7 @@ def upload() -> Response:
         name,
         task,
         source="panel",
-        priority="interactive",
+        priority=INTERACTIVE,
         batch_id=batch_id,
         idempotency_key=key,
         owner=owner,
@@ -172,7 +180,7 @@ def panel_job(
     created, started, finished = job.created_at, job.started_at, job.finished_at
     if state in TERMINAL and finished and created:
         elapsed = (finished - created).total_seconds()
-    elif state == "running" and started:
+    elif state == RUNNING and started:
         elapsed = (now - started).total_seconds()
     elif created:
         elapsed = (now - created).total_seconds()
@@ -186,17 +194,17 @@ def panel_job(
         "task": job.task,
         "state": state,
         "owner": job.owner,
-        "position": positions.get(job_id) if state == "queued" else None,
+        "position": positions.get(job_id) if state == QUEUED else None,
         "lane": job.priority,
         "worker": f"{worker} ({device})" if worker and device else worker,
-        "error": job.error if state == "failed" else None,
+        "error": job.error if state == FAILED else None,
         "elapsed": elapsed,
         "created_at": _iso(created),
         "url": url_for("panel.job", job_id=job_id),
         "cancel_url": url_for("panel.cancel", job_id=job_id),
         "retry_url": url_for("panel.retry", job_id=job_id),
-        "can_cancel": state in ("queued", "running"),
-        "can_retry": state in ("failed", "cancelled"),
+        "can_cancel": state in ACTIVE,
+        "can_retry": state in RETRYABLE,
     }
 
 
@@ -300,7 +308,7 @@ def cancel(job_id: str) -> Response:
 @bp.route("/jobs/<job_id>/retry", methods=["POST"])
 def retry(job_id: str) -> Response:
     job = _own_or_404(job_id)
-    if job.state not in ("failed", "cancelled"):
+    if job.state not in RETRYABLE:
         return _reject(
             409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
         )

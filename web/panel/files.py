@@ -11,7 +11,7 @@ from flask import Response, abort
 from appliance import intake
 from appliance.errors import ApplianceError
 from web.panel import bp, render
-from web.panel.db import jobs_service, settings
+from web.panel.handles import jobs_service, settings
 from web.panel.views import _job_or_404, _result
 
 _PREVIEW_SIDE = 900

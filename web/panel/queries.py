@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import InvalidRequest
-from web.panel.db import jobs_service
+from web.panel.handles import jobs_service
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo, JobPage

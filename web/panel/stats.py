@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from markupsafe import Markup, escape
 
+from appliance.vocab import SUCCEEDED
+
 if TYPE_CHECKING:
     from appliance.jobs import JobService
 
@@ -38,7 +40,7 @@ def hourly(rows: list[tuple[datetime, datetime, str]], now: datetime) -> list[Ho
             continue
         i = int((finished - first).total_seconds() // 3600)
         counts[i] += 1
-        failed[i] += state != "succeeded"
+        failed[i] += state != SUCCEEDED
         latency[i] += max(0.0, (finished - (created or finished)).total_seconds())
     return [
         HourBucket(first + timedelta(hours=i), counts[i], failed[i],

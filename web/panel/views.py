@@ -11,10 +11,11 @@ from flask import abort, render_template, request
 from markupsafe import Markup, escape
 
 from appliance.schema import LANGUAGES, TASKS, AnalysisResult
+from appliance.vocab import FAILED, SOURCES, STATES, SUCCEEDED
 from web.panel import bp, queries, render, stats
 from web.panel.actions import panel_job
 from web.panel.auth import current_user
-from web.panel.db import jobs_service, settings
+from web.panel.handles import jobs_service, settings
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo
@@ -29,8 +30,6 @@ PRESETS = [
     ("extract", "Extract fields (JSON)"),
 ]
 assert [p[0] for p in PRESETS] == list(TASKS)  # a new task must get a label here too
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-SOURCES = ("panel", "api", "folder", "cli")
 
 
 @bp.app_template_filter("when")
@@ -59,7 +58,7 @@ def _job_or_404(job_id: str) -> JobInfo:
 
 
 def _result(job: Any) -> AnalysisResult | None:
-    if job.state != "succeeded" or not job.result:
+    if job.state != SUCCEEDED or not job.result:
         return None
     return AnalysisResult.model_validate(job.result)
 
@@ -182,7 +181,7 @@ def _folders() -> list[dict[str, Any]]:
     for folder in settings().folders:
         root = Path(folder.path)
         recent: list[tuple[float, str, str]] = []
-        for kind, sub in (("done", folder.done_dir), ("failed", folder.failed_dir)):
+        for kind, sub in (("done", folder.done_dir), (FAILED, folder.failed_dir)):
             where = Path(sub) if Path(sub).is_absolute() else root / sub
             try:
                 for entry in where.iterdir():

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from appliance.cli import cli, get_settings
 from appliance.errors import ApplianceError
-from appliance.models import ModelRegistry, verify
+from appliance.registry import ModelRegistry, verify
+from cli.group import cli, get_settings
 
 EXIT_ERROR = 2
 
@@ -95,7 +95,7 @@ def verify_models(ctx: click.Context, name: str, models_dir: str | None, progres
 @_one_line_errors
 def make_tiny_cmd(directory: str, seed: int) -> None:
     """Build tiny random models (for tests and CPU demos) into DIRECTORY."""
-    from appliance.tiny import make_tiny
+    from appliance.build.tiny import make_tiny
 
     for path in make_tiny(Path(directory), seed=seed):
         click.echo(str(path))
@@ -107,6 +107,6 @@ def make_tiny_cmd(directory: str, seed: int) -> None:
 @_one_line_errors
 def export_onnx_cmd(src: str, dst: str) -> None:
     """Export the summarizer in SRC to ONNX (with KV cache) into DST (e.g. SRC/onnx)."""
-    from appliance.onnx_export import export_onnx
+    from appliance.build.onnx_export import export_onnx
 
     click.echo(str(export_onnx(Path(src), Path(dst))))

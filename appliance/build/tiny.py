@@ -162,7 +162,7 @@ def _make_vision(out: Path, seed: int) -> Path:
     from transformers import MllamaConfig, MllamaForConditionalGeneration
     from transformers.models.mllama import MllamaImageProcessor, MllamaProcessor
 
-    from appliance.models import write_manifest
+    from appliance.registry import write_manifest
 
     tokenizer = _train_tokenizer(with_image=True)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -226,8 +226,8 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.models import write_manifest
-    from appliance.onnx_export import export_onnx
+    from appliance.registry import write_manifest
+    from appliance.build.onnx_export import export_onnx
 
     tokenizer = _train_tokenizer(with_image=False)
     config = LlamaConfig(
@@ -271,7 +271,7 @@ def _normalise_json(folder: Path) -> None:
             path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def main() -> None:  # pragma: no cover - convenience for `python -m appliance.tiny DIR`
+def main() -> None:  # pragma: no cover - convenience for `python -m appliance.build.tiny DIR`
     import sys
 
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import cli
+from cli.group import cli
 
 
 @cli.group()
@@ -60,7 +60,7 @@ def build_cmd(
     pip_args: tuple[str, ...],
 ) -> None:
     """Gather everything a box without internet needs into OUT."""
-    from appliance.bundle import DEB_PACKAGES, BuildOptions, BundleError, build
+    from appliance.build.bundle import DEB_PACKAGES, BuildOptions, BundleError, build
 
     started = time.monotonic()
     opts = BuildOptions(
@@ -93,7 +93,7 @@ def build_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def verify_cmd(out: Path, as_json: bool) -> None:
     """Check every file of the bundle in OUT against bundle.json."""
-    from appliance.bundle import BundleError, verify_bundle
+    from appliance.build.bundle import BundleError, verify_bundle
 
     try:
         problems = verify_bundle(out)

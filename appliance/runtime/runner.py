@@ -35,7 +35,8 @@ from appliance.errors import (
     TransientError,
 )
 from appliance.schema import AnalysisResult, TaskRequest
-from appliance.store.models import PENDING, RUNNING, Job
+from appliance.store.tables import Job
+from appliance.vocab import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -79,7 +80,7 @@ class JobRunner:
         self._run_claim: str | None = None
         self._stop = threading.Event()
         self.jobs_done = 0
-        self.boot = ""  # set when the worker registers (see appliance.recovery)
+        self.boot = ""  # set when the worker registers (see appliance.runtime.recovery)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -179,7 +180,7 @@ class JobRunner:
                 continue
             loaded.append((job, pages, (time.perf_counter() - started) * 1000))
         if not loaded:
-            return "failed"
+            return FAILED
         return self._infer_and_write(loaded, claim)
 
     def _infer_and_write(
@@ -194,16 +195,16 @@ class JobRunner:
         try:
             results = self._infer(jobs, items)
         except Cancelled:
-            return "cancelled"  # the store already says so; nothing to write
+            return CANCELLED  # the store already says so; nothing to write
         except Exception as exc:
             if _is_oom(exc) or not _is_permanent(exc):
                 self._transient(jobs, claim, exc)
                 return "retrying"
             if len(loaded) > 1:  # find the culprit: the others must not fail with it
                 outcomes = [self._infer_and_write([one], claim) for one in loaded]
-                return "succeeded" if "succeeded" in outcomes else outcomes[0]
+                return SUCCEEDED if SUCCEEDED in outcomes else outcomes[0]
             self._fail(jobs[0], claim, str(exc) or type(exc).__name__, _error_code(exc))
-            return "failed"
+            return FAILED
         run_ms = (time.perf_counter() - started) * 1000
         written = 0
         for (job, pages, intake_ms), result in zip(loaded, results, strict=True):
@@ -232,7 +233,7 @@ class JobRunner:
                 self.service.broker.send_summary(job.id)
             self.service.job_ended(job.batch_id)
         self.jobs_done += written
-        return "succeeded" if written else "dropped"
+        return SUCCEEDED if written else "dropped"
 
     def _infer(
         self, jobs: list[Job], items: list[tuple[list[Image.Image], TaskRequest]]
@@ -283,7 +284,7 @@ class JobRunner:
         except Exception as exc:
             if _is_permanent(exc):
                 self.store.summary_done(job_id, None, error=_one_line(exc))
-                return "failed"
+                return FAILED
             raise TransientError(_one_line(exc)) from exc
         self.store.summary_done(job_id, text)
         return "done"
@@ -295,13 +296,13 @@ class JobRunner:
         texts = [t for t in self.store.batch_texts(batch_id) if t.strip()]
         if not texts:
             self.store.digest_done(batch_id, None, error="no job of the batch succeeded")
-            return "failed"
+            return FAILED
         try:
             text = self.pipeline.digest(texts, batch.language)
         except Exception as exc:
             if _is_permanent(exc):
                 self.store.digest_done(batch_id, None, error=_one_line(exc))
-                return "failed"
+                return FAILED
             raise TransientError(_one_line(exc)) from exc
         self.store.digest_done(batch_id, text)
         return "done"

@@ -446,14 +446,14 @@ def _write_packages_index(folder: Path) -> None:
 
 
 def _models(opts: BuildOptions, dest: Path) -> list[dict]:
-    from appliance.models import MANIFEST, read_manifest, verify
+    from appliance.registry import MANIFEST, read_manifest, verify
 
     dest.mkdir(parents=True)
     roots = list(opts.models)
     if opts.tiny_models:
         tiny = opts.cache / "tiny-models"
         if not any(tiny.glob(f"*/{MANIFEST}")):
-            from appliance.tiny import make_tiny
+            from appliance.build.tiny import make_tiny
 
             opts.log(f"bundle: building tiny models in {tiny}")
             make_tiny(tiny)

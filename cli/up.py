@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import click
 
-from appliance.cli import cli, get_settings
 from appliance.errors import ModelError
 from appliance.settings import Settings
+from cli.group import cli, get_settings
 
 
 def _redis_answers(url: str) -> bool:
@@ -57,7 +57,7 @@ def _start_redis(url: str, home: Path) -> subprocess.Popen[bytes]:
 
 
 def _models_dir(settings: Settings, home: Path) -> Path:
-    from appliance.models import ModelRegistry
+    from appliance.registry import ModelRegistry
 
     try:
         ModelRegistry(settings.models_dir).resolve("vision", settings.vision_model)
@@ -68,7 +68,7 @@ def _models_dir(settings: Settings, home: Path) -> Path:
     try:
         ModelRegistry(tiny).resolve("vision", "")
     except ModelError:
-        from appliance.tiny import make_tiny
+        from appliance.build.tiny import make_tiny
 
         click.echo(f"no real weights in {settings.models_dir}: building tiny demo models in {tiny}")
         make_tiny(tiny)

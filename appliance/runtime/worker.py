@@ -23,11 +23,11 @@ from pathlib import Path
 
 from appliance.jobs import JobService
 from appliance.queue import LANES, QUEUE_ORDER, TEXT, Broker, QueueMisconfigured, check_settings
-from appliance.recovery import Reconciler
-from appliance.runner import JobRunner
+from appliance.runtime.recovery import Reconciler
+from appliance.runtime.runner import JobRunner
 from appliance.settings import Settings
 from appliance.store.base import utcnow
-from appliance.store.models import WorkerRow
+from appliance.store.tables import WorkerRow
 
 log = logging.getLogger(__name__)
 

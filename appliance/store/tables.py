@@ -23,22 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.store.base import Base, UTCDateTime, utcnow
-
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-STATES: tuple[str, ...] = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-ACTIVE: tuple[str, ...] = (QUEUED, RUNNING)
-TERMINAL: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
-
-SOURCES: tuple[str, ...] = ("panel", "api", "folder", "cli")
-PRIORITIES: tuple[str, ...] = ("interactive", "bulk")
-
-# Follow-up text work (per-job summary, per-batch digest): None = not asked for.
-PENDING = "pending"
-DONE = "done"
+from appliance.vocab import QUEUED
 
 # An autoincrementing 64-bit key that SQLite also accepts as its rowid alias.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

@@ -7,7 +7,6 @@ path without a queue.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,12 +16,11 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 from tqdm import tqdm
 
-from appliance.cli import cli, get_settings
-from appliance.cli.options import split_csv, task_request_options
 from appliance.errors import ApplianceError
-from appliance.queue import QUEUE_ORDER
 from appliance.schema import AnalysisResult, TaskRequest
-from appliance.store.models import STATES
+from appliance.vocab import BULK, INTERACTIVE, RUNNING, STATES, SUCCEEDED
+from cli.group import cli, get_settings
+from cli.options import task_request_options
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo, JobService
@@ -38,90 +36,9 @@ def _service(ctx: click.Context) -> JobService:
 
 
 @cli.command()
-@click.option("--devices", default=None, help="GPU indexes, e.g. 0,1 (default: all detected).")
-@click.option(
-    "--queues",
-    default=",".join(QUEUE_ORDER),
-    show_default=True,
-    help="Queues to consume, in priority order.",
-)
-@click.option(
-    "--simulate-gpus",
-    is_flag=True,
-    help="Testing: run the --devices workers on the CPU (also APPLIANCE_QUEUE__SIMULATE_GPUS=1).",
-)
-@click.option(
-    "--name",
-    default=None,
-    help="Worker name for the hostname NAME@host (one device only; default gpuN, cpu, or "
-    "text for a text-only CPU worker).",
-)
-@click.option("--include", multiple=True, hidden=True, help="Extra module for the workers.")
-@click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--stop-timeout", type=float, default=60.0, show_default=True)
-@click.option(
-    "--exec",
-    "exec_",
-    is_flag=True,
-    help="Become the single worker (for a systemd unit per GPU) instead of supervising.",
-)
-@click.pass_context
-def worker(
-    ctx: click.Context,
-    devices: str | None,
-    queues: str,
-    simulate_gpus: bool,
-    name: str | None,
-    include: tuple[str, ...],
-    loglevel: str,
-    stop_timeout: float,
-    exec_: bool,
-) -> None:
-    """Run one queue worker per GPU (or one CPU worker), restarting any that dies."""
-    from workers.gpus import parse_devices, plan_workers
-    from workers.supervisor import Supervisor, celery_command
-
-    settings = get_settings(ctx)
-    simulate = simulate_gpus or settings.queue.simulate_gpus
-    try:
-        wanted = parse_devices(devices) if devices else None
-        specs = plan_workers(
-            wanted,
-            simulate=simulate,
-            queues=tuple(split_csv((queues,))),
-            name=name,
-            cpu_threads=settings.cpu_threads,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    if settings.config_file is not None:
-        os.environ.setdefault("APPLIANCE_CONFIG_FILE", str(settings.config_file))
-    for spec in specs:
-        click.echo(f"worker {spec.hostname}: {spec.device}", err=True)
-    if exec_:
-        if len(specs) != 1:
-            raise click.UsageError("--exec runs exactly one worker: name one device")
-        os.environ.update(specs[0].env)
-        cmd = celery_command(specs[0], loglevel, list(include))
-        os.execv(cmd[0], cmd)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s] %(message)s")
-    status = Supervisor(
-        specs, loglevel=loglevel, include=list(include), stop_timeout=stop_timeout
-    ).run()
-    sys.exit(status)
-
-
-# -- submit ---------------------------------------------------------------------------------
-
-
-@cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @task_request_options("A summary per file and a digest of them all.")
-@click.option(
-    "--priority", type=click.Choice(["interactive", "bulk"]), default="bulk", show_default=True
-)
+@click.option("--priority", type=click.Choice([INTERACTIVE, BULK]), default=BULK, show_default=True)
 @click.option("--wait", is_flag=True, help="Wait for the results and print them.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job on stdout.")
@@ -172,11 +89,11 @@ def submit(
     for (path, _), job in zip(jobs, final, strict=True):
         if as_json:
             click.echo(json.dumps({"file": str(path), **job.to_dict()}, ensure_ascii=False))
-        elif job.state == "succeeded":
+        elif job.state == SUCCEEDED:
             _print_result(path, job)
         else:
             click.echo(f"error: {path}: {job.state}: {job.error or ''}".rstrip(": "), err=True)
-        failures += job.state != "succeeded"
+        failures += job.state != SUCCEEDED
     if batch is not None and request.summarize and not as_json:
         info = _wait_for(
             lambda: service.get_batch(batch.id), lambda b: b.digest_state != "pending", timeout
@@ -198,7 +115,7 @@ def _wait_with_progress(
             jobs = [service.get(i) for i in ids]
             done = sum(j.done for j in jobs)
             bar.update(done - bar.n)
-            running = sum(j.state == "running" for j in jobs)
+            running = sum(j.state == RUNNING for j in jobs)
             bar.set_postfix(running=running, refresh=False)
             if done == len(ids):
                 break
@@ -370,7 +287,7 @@ def jobs_workers(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def jobs_purge(ctx: click.Context) -> None:
     """Delete input files of jobs ended more than queue.retention_days ago."""
-    from appliance.recovery import Reconciler
+    from appliance.runtime.recovery import Reconciler
 
     settings = get_settings(ctx)
     if not settings.queue.retention_days:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import cli, get_settings
+from cli.group import cli, get_settings
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.store.base import utcnow
-from appliance.store.models import Job
+from appliance.store.tables import Job
 
 if TYPE_CHECKING:
     from appliance.jobs import JobService

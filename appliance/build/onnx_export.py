@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 from appliance.errors import ModelError
-from appliance.models import MANIFEST, offline, read_manifest, write_manifest
+from appliance.registry import MANIFEST, offline, read_manifest, write_manifest
 
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from appliance.cli import cli, get_settings
-from appliance.cli.options import task_request_options
 from appliance.errors import ApplianceError, IntakeError, ModelError
 from appliance.schema import AnalysisResult, TaskRequest
+from cli.group import cli, get_settings
+from cli.options import task_request_options
 
 
 @cli.command()

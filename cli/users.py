@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from appliance.cli import cli, get_settings
 from appliance.errors import ApplianceError
+from cli.group import cli, get_settings
 
 if TYPE_CHECKING:
     from appliance.users import UserStore

@@ -1,0 +1,47 @@
+"""The appliance's words, defined once: job states, intake sources, priority lanes, follow-up
+text states. Every other module (store, queue, watcher, API, panel, CLI, OpenAPI enums) imports
+them from here; a state written as a bare string anywhere else is a bug waiting to drift.
+
+Plain strings (with `Literal` types for checkers), not enums: they go into SQL columns, JSON,
+Redis messages and URLs unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+# -- a job's life ------------------------------------------------------------------------
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+CANCELLED: Final = "cancelled"
+STATES: tuple[str, ...] = get_args(JobState)
+# Still waiting for or holding a worker; cancel applies to these.
+ACTIVE: tuple[str, ...] = (QUEUED, RUNNING)
+# Ended: a result, an error or a cancel; retry applies to FAILED and CANCELLED.
+TERMINAL: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
+RETRYABLE: tuple[str, ...] = (FAILED, CANCELLED)
+
+# -- where a job came from, and its lane ---------------------------------------------------
+Source = Literal["panel", "api", "folder", "cli"]
+SOURCES: tuple[str, ...] = get_args(Source)
+Priority = Literal["interactive", "bulk"]
+INTERACTIVE: Final = "interactive"
+BULK: Final = "bulk"
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+
+
+def default_priority(source: str) -> str:
+    """Drop folders feed the bulk lane; a person waiting at the panel or a client of the API
+    goes first."""
+    return BULK if source == "folder" else INTERACTIVE
+
+
+# -- follow-up text work (a job's summary, a batch's digest); None = not asked for ----------
+PENDING: Final = "pending"
+DONE: Final = "done"
+
+# -- worker rows -----------------------------------------------------------------------------
+WorkerState = Literal["starting", "idle", "busy", "stopped"]

@@ -1,0 +1,5 @@
+"""`python -m cli`: the `appliance` command."""
+
+from cli import main
+
+main()
