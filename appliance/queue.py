@@ -32,7 +32,6 @@ QUEUE_ORDER: tuple[str, ...] = (INTERACTIVE, TEXT, BULK)
 RUN_JOB = "appliance.run_job"
 SUMMARIZE_JOB = "appliance.summarize_job"
 DIGEST_BATCH = "appliance.digest_batch"
-PURGE = "appliance.purge"
 
 # Exit status of a worker that must not run as configured: its supervisor does not restart it.
 EXIT_CONFIG = 78
@@ -90,7 +89,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             SUMMARIZE_JOB: {"queue": TEXT, "routing_key": TEXT},
             DIGEST_BATCH: {"queue": TEXT, "routing_key": TEXT},
-            PURGE: {"queue": TEXT, "routing_key": TEXT},
         },
         "task_publish_retry_policy": {
             "max_retries": 2,

@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     # Empty means SQLite in the data dir; a postgresql+psycopg:// URL lets boxes share one queue.
     database_url: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # What this worker process reports as its device ("cuda:0 NVIDIA H100 ..."): set per
+    # process by `appliance worker` (APPLIANCE_WORKER_DEVICE); None: `device` itself.
+    worker_device: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     quantization: Literal["none", "int8", "int4"] = "none"
     # Threads for a process's model work on the CPU (torch intra-op, onnxruntime). 0: the

@@ -292,4 +292,4 @@ def jobs_purge(ctx: click.Context) -> None:
     settings = get_settings(ctx)
     if not settings.queue.retention_days:
         raise click.ClickException("queue.retention_days is not set: nothing is ever purged")
-    click.echo(f"purged {Reconciler(_service(ctx)).purge()} files")
+    click.echo(f"purged {Reconciler(_service(ctx).backend).purge()} files")

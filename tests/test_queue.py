@@ -68,7 +68,9 @@ def pipeline(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):  
 
 
 def runner_for(service: JobService, pipeline: Any, **kwargs: Any) -> JobRunner:
-    return JobRunner(service, hostname="gpu0@test", device="cpu", pipeline=pipeline, **kwargs)
+    return JobRunner(
+        service.backend, hostname="gpu0@test", device="cpu", pipeline=pipeline, **kwargs
+    )
 
 
 def messages(service: JobService, queue: str) -> list[dict[str, Any]]:
@@ -123,11 +125,11 @@ def test_submit_with_redis_down_is_sent_by_the_reconciler(tmp_path: Path, store_
     server.start()
     try:
         assert messages(service, "interactive") == []
-        assert Reconciler(service).run_once()["resent"] == 1
+        assert Reconciler(service.backend).run_once()["resent"] == 1
         assert [m["headers"]["id"] for m in messages(service, "interactive")] == [job.id]
-        assert Reconciler(service).run_once()["resent"] == 0  # present: not sent twice
+        assert Reconciler(service.backend).run_once()["resent"] == 0  # present: not sent twice
         service.broker.redis.flushall()  # Redis lost everything
-        assert Reconciler(service).run_once()["resent"] == 1
+        assert Reconciler(service.backend).run_once()["resent"] == 1
     finally:
         server.stop()
 
@@ -514,7 +516,7 @@ def test_reconciler_requeues_a_dead_workers_jobs_then_fails_poison(service: JobS
         WorkerRow(hostname="gpu1@dead", pid=1, boot="b", device="cpu", queues=[], state="busy")
     )
     store.claim(job.id, worker="gpu1@dead", device="cpu", claim="c1")
-    reconciler = Reconciler(service, "gpu0@alive")
+    reconciler = Reconciler(service.backend, "gpu0@alive")
     assert reconciler.run_once()["recovered"] == 0  # its heartbeat is fresh
     assert reconciler.recover_worker("gpu1@dead", "restarted") == 1  # what its restart does
     requeued = service.get(job.id)
@@ -540,7 +542,7 @@ def test_retention_purges_only_old_finished_uploads(service: JobService, tmp_pat
     outside.write_bytes(b"mine")
     theirs = service.submit(b"mine", "c.png", CAPTION, source="folder", input_path=outside)
     service.cancel(theirs.id)
-    assert Reconciler(service).purge() == 1
+    assert Reconciler(service.backend).purge() == 1
     assert not Path(done.input_path).exists()
     assert Path(waiting.input_path).exists() and outside.exists()
     assert service.get(done.id).input_purged  # type: ignore[union-attr]

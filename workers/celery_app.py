@@ -14,16 +14,16 @@ from celery import signals
 from appliance.errors import ModelError
 from appliance.queue import EXIT_CONFIG, QueueMisconfigured, make_celery
 from appliance.settings import load_settings
+from workers.runtime import start_runtime, stop_runtime
 
 settings = load_settings()
 app = make_celery(settings)
+# The tasks import this module for `app`; Celery imports them when the worker starts.
 app.conf.include = ["workers.tasks"]
 
 
 @signals.worker_init.connect
 def _start_worker(sender: Any = None, **_: Any) -> None:
-    from workers.tasks import start_runtime
-
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s] %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     log = logging.getLogger("appliance.runtime.worker")
@@ -40,6 +40,4 @@ def _start_worker(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _stop_worker(**_: Any) -> None:
-    from workers.tasks import stop_runtime
-
     stop_runtime()

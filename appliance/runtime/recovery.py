@@ -23,17 +23,17 @@ from appliance.store.base import utcnow
 from appliance.store.tables import Job
 
 if TYPE_CHECKING:
-    from appliance.jobs import JobService
+    from appliance.jobs.backend import JobBackend
 
 log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, service: JobService, hostname: str | None = None) -> None:
-        self.service = service
-        self.store = service.store
-        self.broker = service.broker
-        self.settings = service.settings
+    def __init__(self, backend: JobBackend, hostname: str | None = None) -> None:
+        self.backend = backend
+        self.store = backend.store
+        self.broker = backend.broker
+        self.settings = backend.settings
         self.hostname = hostname
 
     def recover_worker(self, hostname: str, why: str) -> int:
@@ -58,7 +58,7 @@ class Reconciler:
             counts["recovered"] += 1
         counts["resent"] = self._resend_lost(now - timedelta(seconds=q.lost_after_s))
         for batch_id in self.store.unfinished_closed_batches():
-            self.service.job_ended(batch_id)
+            self.backend.job_ended(batch_id)
             counts["batches"] += 1
         if any(counts.values()):
             log.info("reconciler: %s", counts)
@@ -73,7 +73,7 @@ class Reconciler:
             )
             if self.store.fail(job.id, reason, "poison", claim=job.claim):
                 log.error("job %s: %s", job.id, reason)
-                self.service.job_ended(job.batch_id)
+                self.backend.job_ended(job.batch_id)
             return
         if self.store.requeue(job.id, f"interrupted: {why}", claim=job.claim, run_alone=True):
             log.warning("job %s re-queued: %s (attempt %d)", job.id, why, job.attempts)

@@ -41,7 +41,7 @@ from appliance.vocab import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
 if TYPE_CHECKING:
     from PIL import Image
 
-    from appliance.jobs import JobService
+    from appliance.jobs.backend import JobBackend
     from appliance.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,16 @@ EXIT_TIMEOUT = 75
 class JobRunner:
     def __init__(
         self,
-        service: JobService,
+        backend: JobBackend,
         *,
         hostname: str,
         device: str,
         pipeline: Pipeline | None = None,
         exit_on_timeout: Callable[[int], None] = os._exit,
     ) -> None:
-        self.service = service
-        self.settings = service.settings
-        self.store = service.store
+        self.backend = backend
+        self.settings = backend.settings
+        self.store = backend.store
         self.hostname = hostname
         self.device = device
         self._pipeline = pipeline
@@ -230,8 +230,8 @@ class JobRunner:
                 continue
             written += 1
             if wants_summary:
-                self.service.broker.send_summary(job.id)
-            self.service.job_ended(job.batch_id)
+                self.backend.broker.send_summary(job.id)
+            self.backend.job_ended(job.batch_id)
         self.jobs_done += written
         return SUCCEEDED if written else "dropped"
 
@@ -244,7 +244,7 @@ class JobRunner:
     def _fail(self, job: Job, claim: str, reason: str, code: str) -> None:
         log.warning("job %s failed (%s): %s", job.id, code, reason)
         if self.store.fail(job.id, reason, code, claim=claim):
-            self.service.job_ended(job.batch_id)
+            self.backend.job_ended(job.batch_id)
 
     def _transient(self, jobs: list[Job], claim: str, exc: BaseException) -> None:
         q = self.settings.queue
@@ -261,7 +261,7 @@ class JobRunner:
             if self.store.requeue(
                 job.id, f"retrying: {reason}", claim=claim, delay_s=delay, run_alone=alone
             ):
-                self.service.broker.send_job(job.id, job.priority, countdown=delay)
+                self.backend.broker.send_job(job.id, job.priority, countdown=delay)
 
     def _timed_out(self, limit: float, jobs: list[Job], claim: str) -> None:
         try:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from appliance.jobs import JobService
+from appliance.jobs.backend import JobBackend
 from appliance.queue import LANES, QUEUE_ORDER, TEXT, Broker, QueueMisconfigured, check_settings
 from appliance.runtime.recovery import Reconciler
 from appliance.runtime.runner import JobRunner
@@ -43,10 +43,10 @@ class WorkerRuntime:
     ) -> None:
         self.settings = settings
         self.hostname = hostname
-        self.device = device or os.environ.get("APPLIANCE_WORKER_DEVICE") or settings.device
+        self.device = device or settings.worker_device or settings.device
         self.queues = queues or list(QUEUE_ORDER)
         self.boot = str(uuid.uuid4())
-        self.service: JobService | None = None
+        self.backend: JobBackend | None = None
         self.runner: JobRunner | None = None
         self.reconciler: Reconciler | None = None
         self._stop = threading.Event()
@@ -56,14 +56,14 @@ class WorkerRuntime:
 
     def start(self, warm: bool = True) -> None:
         check_settings(self.settings)
-        service = JobService.from_settings(self.settings)
-        service.broker.check_noeviction()
-        self._refuse_duplicate(service)
-        self.service = service
-        self.runner = JobRunner(service, hostname=self.hostname, device=self.device)
+        backend = JobBackend.from_settings(self.settings)
+        backend.broker.check_noeviction()
+        self._refuse_duplicate(backend)
+        self.backend = backend
+        self.runner = JobRunner(backend, hostname=self.hostname, device=self.device)
         self.runner.boot = self.boot
-        self.reconciler = Reconciler(service, self.hostname)
-        service.store.register_worker(
+        self.reconciler = Reconciler(backend, self.hostname)
+        backend.store.register_worker(
             WorkerRow(
                 hostname=self.hostname,
                 pid=os.getpid(),
@@ -82,7 +82,7 @@ class WorkerRuntime:
             log.warning("%s: re-queued %d interrupted job(s)", self.hostname, recovered)
         self._thread = threading.Thread(target=self._loop, name="appliance-heartbeat", daemon=True)
         self._thread.start()
-        self.cancels = CancelListener(service.broker, self.hostname, self.runner.check_cancelled)
+        self.cancels = CancelListener(backend.broker, self.hostname, self.runner.check_cancelled)
         self.cancels.start()
         if warm:
             started = time.monotonic()
@@ -93,7 +93,7 @@ class WorkerRuntime:
             )
             log.info("%s: models warm in %.1f s", self.hostname, time.monotonic() - started)
         self.ready = True
-        service.store.heartbeat(self.hostname, self.boot, state="idle", model=self._model_name())
+        backend.store.heartbeat(self.hostname, self.boot, state="idle", model=self._model_name())
 
     def stop(self) -> None:
         self._stop.set()
@@ -101,15 +101,15 @@ class WorkerRuntime:
             self.cancels.stop()
         if self.runner is not None:
             self.runner.changed.set()
-        if self.service is not None:
+        if self.backend is not None:
             try:
-                self.service.store.heartbeat(self.hostname, self.boot, state="stopped")
+                self.backend.store.heartbeat(self.hostname, self.boot, state="stopped")
             except Exception as exc:
                 log.debug("final heartbeat failed: %s", exc)
 
-    def _refuse_duplicate(self, service: JobService) -> None:
+    def _refuse_duplicate(self, backend: JobBackend) -> None:
         fresh = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
-        for row in service.store.list_workers():
+        for row in backend.store.list_workers():
             if (
                 row.hostname == self.hostname
                 and row.state != "stopped"
@@ -132,7 +132,7 @@ class WorkerRuntime:
 
     def _loop(self) -> None:
         q = self.settings.queue
-        assert self.service is not None and self.runner and self.reconciler
+        assert self.backend is not None and self.runner and self.reconciler
         runner = self.runner
         next_reconcile = time.monotonic()
         next_purge = time.monotonic() + 60
@@ -146,7 +146,7 @@ class WorkerRuntime:
             runner.changed.clear()
             last_beat = time.monotonic()
             try:
-                if not self.service.store.heartbeat(
+                if not self.backend.store.heartbeat(
                     self.hostname,
                     self.boot,
                     state=runner.state if self.ready else "starting",

@@ -24,167 +24,35 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
-from appliance.queue import LANES, Broker
+from appliance.jobs.backend import JobBackend
+from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo, batch_info, worker_info
+from appliance.queue import LANES
 from appliance.schema import TaskRequest
 from appliance.settings import Settings
-from appliance.store import init_db
 from appliance.store.base import utcnow
-from appliance.store.repo import JobFilter, JobMetrics, JobStore
-from appliance.store.tables import Batch, Job, WorkerRow
-from appliance.vocab import BULK, INTERACTIVE, SOURCES, STATES, TERMINAL, Priority, Source
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A snapshot of one job. `to_dict()` is its JSON form (datetimes as ISO 8601 UTC)."""
-
-    id: str
-    state: str  # queued | running | succeeded | failed | cancelled
-    source: str
-    priority: str
-    owner: str | None
-    batch_id: str | None
-    filename: str
-    input_path: str
-    input_sha256: str
-    size_bytes: int
-    pages: int | None
-    request: TaskRequest
-    attempts: int
-    worker: str | None
-    device: str | None
-    result: dict[str, Any] | None  # AnalysisResult.model_dump(), once succeeded
-    result_text: str | None
-    summary_state: str | None  # None (not asked) | pending | done | failed
-    summary: str | None
-    summary_error: str | None
-    timings: dict[str, Any] | None  # queue_ms, run_ms, batch_size, plus the pipeline's
-    error: str | None  # the one-line reason when failed (or the last retry's cause)
-    error_code: str | None  # bad_input | missing_input | poison | timeout | gave_up | ...
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    input_purged: bool = False
-
-    @property
-    def task(self) -> str:
-        return self.request.task
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL
-
-    @classmethod
-    def from_row(cls, row: Job) -> JobInfo:
-        return cls(
-            id=row.id,
-            state=row.state,
-            source=row.source,
-            priority=row.priority,
-            owner=row.owner,
-            batch_id=row.batch_id,
-            filename=row.filename,
-            input_path=row.input_path,
-            input_sha256=row.input_sha256,
-            size_bytes=row.size_bytes,
-            pages=row.pages,
-            request=TaskRequest.model_validate(row.params),
-            attempts=row.attempts,
-            worker=row.worker,
-            device=row.device,
-            result=row.result,
-            result_text=row.result_text,
-            summary_state=row.summary_state,
-            summary=row.summary,
-            summary_error=row.summary_error,
-            timings=row.timings,
-            error=row.error,
-            error_code=row.error_code,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-            input_purged=row.input_purged_at is not None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["request"] = self.request.model_dump(mode="json")
-        return _jsonable(data)
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    id: str
-    source: str
-    owner: str | None
-    label: str | None
-    language: str
-    total: int
-    counts: dict[str, int]  # state -> number of jobs
-    created_at: datetime
-    closed_at: datetime | None
-    finished_at: datetime | None
-    digest_state: str | None  # None (not asked) | pending | done | failed
-    digest: str | None
-    digest_error: str | None
-
-    @property
-    def done(self) -> bool:
-        return self.finished_at is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    hostname: str  # gpu0@host, cpu@host
-    device: str  # e.g. "cuda:0 NVIDIA H100 80GB HBM3", "cpu"
-    model: str | None
-    state: str  # starting | idle | busy | stopped | stale (no heartbeat for stale_after_s)
-    alive: bool
-    current_jobs: list[str]
-    jobs_done: int
-    pid: int
-    queues: list[str]
-    started_at: datetime
-    heartbeat_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-@dataclass(frozen=True)
-class JobPage:
-    items: list[JobInfo]
-    next_cursor: str | None  # pass as `cursor=` for the next (older) page
-    extra: dict[str, Any] = field(default_factory=dict)
+from appliance.store.repo import JobFilter, JobMetrics
+from appliance.store.tables import Batch, Job
+from appliance.vocab import BULK, INTERACTIVE, SOURCES, STATES, Priority, Source
 
 
 class JobService:
     """Submit, inspect and control jobs. Thread-safe; build one per process."""
 
-    def __init__(self, settings: Settings, store: JobStore, broker: Broker) -> None:
-        self.settings = settings
-        self.store = store
-        self.broker = broker
+    def __init__(self, backend: JobBackend) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+        self.store = backend.store
+        self.broker = backend.broker
 
     @classmethod
     def from_settings(cls, settings: Settings, *, migrate: bool = True) -> JobService:
         """Connect to the store (migrating it to the newest schema) and to Redis (lazily)."""
-        from appliance.store.db import get_engine
-
-        engine = init_db(settings) if migrate else get_engine(settings.db_url)
-        broker = Broker(settings)
-        return cls(settings, JobStore(engine, notify=broker.publish), broker)
+        return cls(JobBackend.from_settings(settings, migrate=migrate))
 
     # -- intake -----------------------------------------------------------------------------
 
@@ -286,7 +154,7 @@ class JobService:
         """No more jobs join; once all have ended the batch finishes (and its digest is made)."""
         if self.store.close_batch(batch_id) is None:
             raise JobNotFound(f"no batch {batch_id}")
-        self.job_ended(batch_id)
+        self.backend.job_ended(batch_id)
         return self.get_batch(batch_id)  # type: ignore[return-value]
 
     # -- reading ----------------------------------------------------------------------------
@@ -363,21 +231,7 @@ class JobService:
         row, counts = self.store.get_batch(batch_id)
         if row is None:
             return None
-        return BatchInfo(
-            id=row.id,
-            source=row.source,
-            owner=row.owner,
-            label=row.label,
-            language=row.language,
-            total=row.total,
-            counts=counts,
-            created_at=row.created_at,
-            closed_at=row.closed_at,
-            finished_at=row.finished_at,
-            digest_state=row.digest_state,
-            digest=row.digest,
-            digest_error=row.digest_error,
-        )
+        return batch_info(row, counts)
 
     def queue_depth(self) -> dict[str, int]:
         """Jobs waiting per lane, from the store: interactive, bulk, text (pending summaries
@@ -387,7 +241,7 @@ class JobService:
     def workers(self) -> list[WorkerInfo]:
         """Every worker that ever registered, with its device, model and busy/idle state."""
         stale = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)
-        return [_worker_info(row, stale) for row in self.store.list_workers()]
+        return [worker_info(row, stale) for row in self.store.list_workers()]
 
     def metrics(self, latency_bounds: Sequence[float], *, recent_jobs: int) -> JobMetrics:
         """The store's side of a metrics scrape: job counts by (state, source), the
@@ -430,7 +284,7 @@ class JobService:
             raise JobStateConflict(f"job {job_id} is {row.state}; only queued or running jobs")
         if row.worker:  # it may be running there: stop the generation now, not at a heartbeat
             self.broker.send_cancel(row.worker, row.id)
-        self.job_ended(row.batch_id)
+        self.backend.job_ended(row.batch_id)
         return JobInfo.from_row(row)
 
     def retry(self, job_id: str) -> JobInfo:
@@ -442,14 +296,6 @@ class JobService:
             raise JobStateConflict(f"job {job_id} is {row.state}; only failed or cancelled jobs")
         self.broker.send_job(row.id, row.priority)
         return JobInfo.from_row(row)
-
-    def job_ended(self, batch_id: str | None) -> None:
-        """Internal hook after a job reached an end state: finish its batch, send the digest."""
-        if batch_id is None:
-            return
-        finished, digest = self.store.finish_batch_if_done(batch_id)
-        if finished and digest:
-            self.broker.send_digest(batch_id)
 
     # -- waiting and watching ---------------------------------------------------------------
 
@@ -524,41 +370,3 @@ def _ticks(poll_s: float) -> Iterator[None]:
     while True:
         time.sleep(poll_s)
         yield None
-
-
-def _worker_info(row: WorkerRow, stale_before: datetime) -> WorkerInfo:
-    alive = row.state != "stopped" and row.heartbeat_at >= stale_before
-    state = row.state if alive or row.state == "stopped" else "stale"
-    return WorkerInfo(
-        hostname=row.hostname,
-        device=row.device,
-        model=row.model,
-        state=state,
-        alive=alive,
-        current_jobs=list(row.current_jobs or []),
-        jobs_done=row.jobs_done,
-        pid=row.pid,
-        queues=list(row.queues or []),
-        started_at=row.started_at,
-        heartbeat_at=row.heartbeat_at,
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-__all__ = [
-    "BatchInfo",
-    "JobInfo",
-    "JobMetrics",
-    "JobPage",
-    "JobService",
-    "WorkerInfo",
-]

@@ -1,0 +1,17 @@
+"""Jobs: the one way in for every intake path (`JobService`), the backend it shares with the
+workers (`JobBackend`: store + broker), and the snapshots it hands out (`views`)."""
+
+from appliance.jobs.backend import JobBackend
+from appliance.jobs.service import JobService
+from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo
+from appliance.store.repo import JobMetrics
+
+__all__ = [
+    "BatchInfo",
+    "JobBackend",
+    "JobInfo",
+    "JobMetrics",
+    "JobPage",
+    "JobService",
+    "WorkerInfo",
+]
