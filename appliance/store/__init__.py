@@ -1,9 +1,9 @@
 """The durable job store: SQLAlchemy 2 models, engines, Alembic migrations.
 
-- `models`: `Job`, `Batch`, `JobEvent`, `WorkerRow` and the state names.
+- `tables`: `Job`, `Batch`, `JobEvent`, `WorkerRow`; `accounts`: `ApiToken`, `User`.
 - `db`: `init_db(settings)` (migrate to head, return the engine), `get_engine`, sessions.
-- `repo`: `JobStore`, every state transition as one conditional write, and every query;
-  `JobFilter`, what a job listing selects.
+- `repo`: `JobStore`, composed of one module per concern (see its docstring);
+  `JobFilter`, what a job listing selects. State names live in `appliance.vocab`.
 
 Other modules of this package may define more tables on `Base`; `all_metadata()` imports them
 all, for Alembic's autogenerate.
