@@ -17,72 +17,29 @@ Files are hard-linked from the cache (and from --models) when on the same filesy
 files in a bundle, never edit them in place.
 """
 
-from __future__ import annotations
-
-import hashlib
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import tomllib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.errors import ApplianceError
+from appliance.build.common import (
+    BUNDLE_MANIFEST,
+    DEB_PACKAGES,
+    FORMAT,
+    PROJECT_NAME,
+    SUMS,
+    BuildOptions,
+    BundleError,
+    link_or_copy,
+    project_root,
+    sha256_file,
+)
+from appliance.build.debs import debs as collect_debs
+from appliance.build.wheelhouse import wheelhouse
 
-BUNDLE_MANIFEST = "bundle.json"
-SUMS = "SHA256SUMS"
-FORMAT = 1
-# What the roles install with apt (roles/redis); their dependency trees come along.
-DEB_PACKAGES: tuple[str, ...] = ("redis-server",)
-# Debian 12 (bookworm): Python 3.11.2 (the full version matters: markers such as
-# `python_full_version < "3.11.3"` pull in extra wheels), glibc 2.36, x86_64.
-DEFAULT_PYTHON = "3.11.2"
-DEFAULT_PLATFORM = "manylinux_2_36_x86_64"
-PROJECT_NAME = "vision-appliance"
-_CHUNK = 1 << 20
-
-
-class BundleError(ApplianceError):
-    """The bundle cannot be built or does not match its manifest."""
-
-
-@dataclass
-class BuildOptions:
-    out: Path
-    gpu: bool = False
-    models: list[Path] = field(default_factory=list)
-    tiny_models: bool = False
-    cache: Path = Path.home() / ".cache" / "appliance-bundle"
-    project: Path | None = None
-    python_version: str = DEFAULT_PYTHON
-    platform: str = DEFAULT_PLATFORM
-    debs: tuple[str, ...] = DEB_PACKAGES
-    pip_args: list[str] = field(default_factory=list)
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def project_root(explicit: Path | None = None) -> Path:
-    """The source tree to build this project's wheel from (where pyproject.toml is)."""
-    candidates = [explicit] if explicit else [Path(__file__).resolve().parents[1], Path.cwd()]
-    for path in candidates:
-        if path and (path / "pyproject.toml").is_file():
-            return path.resolve()
-    raise BundleError("cannot find this project's source tree (pyproject.toml): pass --project DIR")
+__all__ = ["DEB_PACKAGES", "BuildOptions", "BundleError", "build", "verify_bundle"]
 
 
 def build(opts: BuildOptions) -> dict:
@@ -107,8 +64,8 @@ def build(opts: BuildOptions) -> dict:
         opts.log(f"bundle: {name} done in {timings[name]} s")
         return result
 
-    wheel_info = step("wheelhouse", lambda: _wheelhouse(opts, root, out / "wheelhouse"))
-    debs = step("debs", lambda: _debs(opts, out / "debs")) if opts.debs else []
+    wheel_info = step("wheelhouse", lambda: wheelhouse(opts, root, out / "wheelhouse"))
+    debs = step("debs", lambda: collect_debs(opts, out / "debs")) if opts.debs else []
     models = step("models", lambda: _models(opts, out / "models"))
     step("playbook", lambda: _playbook(root, out))
     manifest = {
@@ -129,317 +86,6 @@ def build(opts: BuildOptions) -> dict:
         shutil.rmtree(final)
     out.rename(final)
     return manifest
-
-
-# -- wheelhouse ----------------------------------------------------------------------------
-
-
-def _pinned(root: Path, name: str) -> str | None:
-    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dep in deps:
-        match = re.fullmatch(rf"{re.escape(name)}\s*==\s*([\w.]+)", dep.split(";")[0].strip())
-        if match:
-            return match.group(1)
-    return None
-
-
-def _pip(args: list[str], log: Callable[[str], None]) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        log(result.stdout[-3000:] + result.stderr[-3000:])
-    return result
-
-
-def _wheelhouse(opts: BuildOptions, root: Path, dest: Path) -> dict:
-    dest.mkdir(parents=True)
-    variant = "gpu" if opts.gpu else "cpu"
-    abi = "cp" + "".join(opts.python_version.split(".")[:2])
-    cache = opts.cache / f"wheels-{variant}-{abi}-{opts.platform}"
-    cache.mkdir(parents=True, exist_ok=True)
-
-    # 1. This project's wheel, always fresh (the version does not change with every commit).
-    with tempfile.TemporaryDirectory() as tmp:
-        built = _pip(
-            ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, str(root)], opts.log
-        )
-        if built.returncode != 0:
-            built = _pip(["wheel", "--no-deps", "-q", "-w", tmp, str(root)], opts.log)
-        if built.returncode != 0:
-            raise BundleError("could not build this project's wheel (see the pip output above)")
-        (own,) = Path(tmp).glob("*.whl")
-        shutil.copy2(own, dest / own.name)
-    own = dest / own.name
-
-    # 2. Every dependency, as wheels for the target's Python and platform.
-    reqs = [f"{PROJECT_NAME}[{variant}] @ {own.as_uri()}"]
-    torch = _pinned(root, "torch")
-    if opts.gpu and torch:
-        # `===` is an exact string match: it refuses the local CPU build `2.13.0+cpu` that a
-        # find-links folder may offer, and takes PyPI's CUDA build of the same release.
-        reqs.append(f"torch==={torch}")
-    target = [
-        "--only-binary=:all:",
-        f"--python-version={opts.python_version}",
-        "--implementation=cp",
-        f"--abi={abi}",
-        "--abi=abi3",
-        "--abi=none",
-        *(f"--platform={tag}" for tag in platform_tags(opts.platform)),
-    ]
-    with tempfile.TemporaryDirectory(dir=opts.cache) as tmp:
-        # Offline first: everything may already be in the cache.
-        cmd = ["download", "-q", "-d", tmp, *target, *opts.pip_args, *reqs]
-        got = _pip([*cmd, "--no-index", f"--find-links={cache}"], lambda _: None)
-        if got.returncode == 0:
-            opts.log(f"bundle: wheels resolved from the cache {cache}")
-        else:
-            got = _pip([*cmd, f"--find-links={cache}"], opts.log)
-            if got.returncode != 0:
-                raise BundleError("pip could not gather the wheelhouse (see its output above)")
-        _complete_for_target(Path(tmp), opts, [*target, *opts.pip_args, f"--find-links={cache}"])
-        for wheel in Path(tmp).glob("*.whl"):
-            if wheel.name == own.name:
-                continue
-            if not (cache / wheel.name).exists():
-                shutil.copy2(wheel, cache / wheel.name)
-            _link_or_copy(cache / wheel.name, dest / wheel.name)
-
-    wheels = sorted(dest.glob("*.whl"))
-    if opts.gpu:
-        cpu_torch = [w.name for w in wheels if w.name.startswith("torch-") and "+cpu" in w.name]
-        if cpu_torch:
-            raise BundleError(f"GPU bundle got a CPU-only torch wheel: {cpu_torch[0]}")
-    pins = sorted(_pin(w) for w in wheels)
-    (dest / "requirements.txt").write_text(
-        "# Exact pins of every wheel in this folder (written by `appliance bundle build`).\n"
-        + "".join(f"{pin}\n" for pin in pins)
-    )
-    return {
-        "appliance_wheel": own.name,
-        "appliance_wheel_sha256": sha256_file(own),
-        "wheels": len(wheels),
-    }
-
-
-def _target_environment(python_version: str) -> dict[str, str]:
-    parts = python_version.split(".")
-    return {
-        "python_version": ".".join(parts[:2]),
-        "python_full_version": python_version if len(parts) > 2 else python_version + ".0",
-        "implementation_name": "cpython",
-        "platform_python_implementation": "CPython",
-        "sys_platform": "linux",
-        "os_name": "posix",
-        "platform_system": "Linux",
-        "platform_machine": "x86_64",
-    }
-
-
-def _complete_for_target(folder: Path, opts: BuildOptions, pip_args: list[str]) -> None:
-    """Add what the target needs but this machine's pip left out.
-
-    pip evaluates dependency markers against the Python running it, not `--python-version`:
-    on a 3.11.7 build host, redis' `async-timeout; python_full_version < "3.11.3"` is skipped,
-    and Debian 12's Python 3.11.2 then cannot install. Re-check every wheel's requirements with
-    the target's marker values and download what is missing, until nothing is.
-    """
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
-    env = _target_environment(opts.python_version)
-    for _ in range(5):
-        metas = {
-            canonicalize_name(name): lines
-            for name, lines in map(_wheel_metadata, folder.glob("*.whl"))
-        }
-        # Walk from this project with its extra, each package with the extras asked of it.
-        wanted: dict[str, set[str]] = {
-            canonicalize_name(PROJECT_NAME): {"gpu" if opts.gpu else "cpu"}
-        }
-        todo = list(wanted)
-        missing: set[str] = set()
-        while todo:
-            name = todo.pop()
-            for line in metas.get(name, []):
-                try:
-                    req = Requirement(line)
-                except InvalidRequirement:
-                    continue
-                asked = ["", *sorted(wanted[name])]
-                if req.marker is not None and not any(
-                    req.marker.evaluate({**env, "extra": extra}) for extra in asked
-                ):
-                    continue
-                dep = canonicalize_name(req.name)
-                if dep not in metas:
-                    missing.add(f"{req.name}{req.specifier}")
-                    continue
-                if dep not in wanted or not req.extras <= wanted[dep]:
-                    wanted.setdefault(dep, set()).update(req.extras)
-                    todo.append(dep)
-        if not missing:
-            return
-        opts.log(f"bundle: the target also needs {', '.join(sorted(missing))}")
-        cmd = ["download", "-q", "-d", str(folder), *pip_args, *sorted(missing)]
-        got = _pip([*cmd, "--no-index"], lambda _: None)
-        if got.returncode != 0:
-            got = _pip(cmd, opts.log)
-        if got.returncode != 0:
-            raise BundleError(f"pip could not download {', '.join(sorted(missing))} for the target")
-    raise BundleError("the wheelhouse's requirements did not settle")
-
-
-def _wheel_metadata(wheel: Path) -> tuple[str, list[str]]:
-    import zipfile
-
-    with zipfile.ZipFile(wheel) as zf:
-        name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-        text = zf.read(name).decode("utf-8", "replace")
-    head = text.split("\n\n", 1)[0]
-    project = next(
-        (ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.startswith("Name:")), ""
-    )
-    requires = [
-        ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.startswith("Requires-Dist:")
-    ]
-    return project, requires
-
-
-def platform_tags(platform: str) -> list[str]:
-    """`manylinux_2_36_x86_64` and every older manylinux tag it runs (pip does not expand
-    a `--platform` given on its command line)."""
-    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
-    if not match:
-        return [platform]
-    glibc, arch = int(match.group(1)), match.group(2)
-    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 4, -1)]
-    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
-    tags += [f"{name}_{arch}" for minor, name in legacy.items() if minor <= glibc]
-    return tags
-
-
-def _pin(wheel: Path) -> str:
-    name, version = wheel.name.split("-")[:2]
-    return f"{name.replace('_', '-').lower()}=={version}"
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-# -- Debian packages -----------------------------------------------------------------------
-
-
-def _debs(opts: BuildOptions, dest: Path) -> list[str]:
-    if shutil.which("apt-get") is None:
-        raise BundleError("apt-get is not available: build the bundle on Debian 12, or --no-debs")
-    dest.mkdir(parents=True)
-    cache = opts.cache / "debs"
-    cache.mkdir(parents=True, exist_ok=True)
-    names = _deb_closure(opts.debs)
-    have = {_deb_key(p): p for p in cache.glob("*.deb")}
-    versions = _candidate_versions(names)
-    missing = [n for n in names if (n, versions.get(n)) not in have]
-    if missing:
-        result = subprocess.run(
-            ["apt-get", "download", "-q", *missing],
-            cwd=cache,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise BundleError(
-                f"apt-get download failed (is `apt-get update` done?): {result.stderr.strip()}"
-            )
-        have = {_deb_key(p): p for p in cache.glob("*.deb")}
-    files = []
-    for name in names:
-        deb = have.get((name, versions.get(name)))
-        if deb is None:
-            raise BundleError(f"no .deb for {name} {versions.get(name)} after apt-get download")
-        _link_or_copy(deb, dest / deb.name)
-        files.append(deb.name)
-    _write_packages_index(dest)
-    return sorted(files)
-
-
-def _deb_closure(packages: Iterable[str]) -> list[str]:
-    """`packages` and everything they depend on, recursively (real packages only)."""
-    result = subprocess.run(
-        [
-            "apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
-            "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *packages,
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise BundleError(f"apt-cache depends failed: {result.stderr.strip()}")
-    names = {
-        line.strip()
-        for line in result.stdout.splitlines()
-        if line and not line.startswith(" ") and not line.startswith("<")
-    }
-    # Drop names apt knows but cannot download (purely virtual, or no candidate).
-    versions = _candidate_versions(sorted(names))
-    return sorted(n for n in names if versions.get(n))
-
-
-def _candidate_versions(names: list[str]) -> dict[str, str]:
-    if not names:
-        return {}
-    out = subprocess.run(["apt-cache", "policy", *names], capture_output=True, text=True).stdout
-    versions: dict[str, str] = {}
-    current = None
-    for line in out.splitlines():
-        if line and not line.startswith(" ") and line.endswith(":"):
-            current = line[:-1].split(":")[0]
-        elif current and line.strip().startswith("Candidate:"):
-            cand = line.split(":", 1)[1].strip()
-            if cand and cand != "(none)":
-                versions[current] = cand
-    return versions
-
-
-def _deb_key(path: Path) -> tuple[str, str]:
-    fields = _deb_fields(path)
-    return fields["Package"], fields["Version"]
-
-
-def _deb_fields(path: Path) -> dict[str, str]:
-    out = subprocess.run(
-        ["dpkg-deb", "-f", str(path)], capture_output=True, text=True, check=True
-    ).stdout
-    fields: dict[str, str] = {}
-    key = None
-    for line in out.splitlines():
-        if line.startswith((" ", "\t")) and key:
-            fields[key] += "\n" + line
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
-
-
-def _write_packages_index(folder: Path) -> None:
-    """A flat apt repository (`deb [trusted=yes] file:FOLDER ./`), like dpkg-scanpackages."""
-    stanzas = []
-    for deb in sorted(folder.glob("*.deb")):
-        fields = _deb_fields(deb)
-        lines = [f"{k}: {v}" for k, v in fields.items()]
-        data = deb.read_bytes()
-        lines += [
-            f"Filename: ./{deb.name}",
-            f"Size: {len(data)}",
-            f"MD5sum: {hashlib.md5(data).hexdigest()}",  # noqa: S324 - apt's index format
-            f"SHA256: {hashlib.sha256(data).hexdigest()}",
-        ]
-        stanzas.append("\n".join(lines))
-    (folder / "Packages").write_text("\n\n".join(stanzas) + "\n")
 
 
 # -- models --------------------------------------------------------------------------------
@@ -478,7 +124,7 @@ def _models(opts: BuildOptions, dest: Path) -> list[dict]:
             raise BundleError(f"two model folders named {folder.name}")
         for rel in [*info.files, MANIFEST]:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(folder / rel, target / rel)
+            link_or_copy(folder / rel, target / rel)
         listed.append({"name": info.name, "role": info.role, "dir": folder.name})
     return listed
 

@@ -226,8 +226,8 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.registry import write_manifest
     from appliance.build.onnx_export import export_onnx
+    from appliance.registry import write_manifest
 
     tokenizer = _train_tokenizer(with_image=False)
     config = LlamaConfig(
