@@ -136,3 +136,15 @@ def eos_ids(generation_config: Any, tokenizer: Any) -> set[int]:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             found.add(tid)
     return found
+
+
+def pad_left(tokenizer: Any, generation_config: Any, pad_token: str | None = None) -> set[int]:
+    """Set the tokenizer up for batched generation and return the ids that end a row.
+
+    Batches are padded on the left so every row's next token follows its own prompt; the pad
+    token is `pad_token` when the vocabulary has it, else EOS (attention masks hide it)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        vocab = tokenizer.get_vocab() if pad_token is not None else {}
+        tokenizer.pad_token = pad_token if pad_token in vocab else tokenizer.eos_token
+    return eos_ids(generation_config, tokenizer)

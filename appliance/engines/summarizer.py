@@ -13,8 +13,8 @@ from appliance.engines.common import (
     GenParams,
     PrefillClock,
     cut_at_eos,
-    eos_ids,
     greedy_kwargs,
+    pad_left,
     resolve_device,
     seed_all,
     sync,
@@ -59,10 +59,7 @@ class SummarizerEngine:
         self.name = name
         self.backend = backend
         self.device = device
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self._eos = eos_ids(model.generation_config, tokenizer)
+        self._eos = pad_left(tokenizer, model.generation_config)
 
     @classmethod
     def load(

@@ -15,8 +15,8 @@ from appliance.engines.common import (
     GenParams,
     PrefillClock,
     cut_at_eos,
-    eos_ids,
     greedy_kwargs,
+    pad_left,
     resolve_device,
     resolve_dtype,
     seed_all,
@@ -70,15 +70,7 @@ class VisionEngine:
         self.name = name
         self.device = device
         tokenizer = processor.tokenizer
-        # Batches are padded on the left so every row's next token follows its own prompt.
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = (
-                "<|finetune_right_pad_id|>"
-                if "<|finetune_right_pad_id|>" in tokenizer.get_vocab()
-                else tokenizer.eos_token
-            )
-        self._eos = eos_ids(model.generation_config, tokenizer)
+        self._eos = pad_left(tokenizer, model.generation_config, "<|finetune_right_pad_id|>")
 
     @classmethod
     def load(
