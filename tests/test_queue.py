@@ -21,7 +21,8 @@ from appliance.errors import JobNotFound, JobStateConflict
 from appliance.jobs import JobService
 from appliance.queue import QueueMisconfigured, check_settings
 from appliance.runtime.recovery import Reconciler
-from appliance.runtime.runner import JobRunner, Watchdog
+from appliance.runtime.runner import JobRunner
+from appliance.runtime.watchdog import Watchdog
 from appliance.schema import TaskRequest
 from appliance.settings import Settings, load_settings
 from appliance.store.base import utcnow

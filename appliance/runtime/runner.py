@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import (
-    ApplianceError,
     Cancelled,
-    ExtractionFailed,
     IntakeError,
-    InvalidRequest,
-    ModelError,
     TransientError,
 )
+from appliance.runtime.failures import error_code, is_oom, is_permanent, one_line
+from appliance.runtime.watchdog import Watchdog
 from appliance.schema import AnalysisResult, TaskRequest
 from appliance.store.tables import Job
 from appliance.vocab import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
@@ -197,13 +195,13 @@ class JobRunner:
         except Cancelled:
             return CANCELLED  # the store already says so; nothing to write
         except Exception as exc:
-            if _is_oom(exc) or not _is_permanent(exc):
+            if is_oom(exc) or not is_permanent(exc):
                 self._transient(jobs, claim, exc)
                 return "retrying"
             if len(loaded) > 1:  # find the culprit: the others must not fail with it
                 outcomes = [self._infer_and_write([one], claim) for one in loaded]
                 return SUCCEEDED if SUCCEEDED in outcomes else outcomes[0]
-            self._fail(jobs[0], claim, str(exc) or type(exc).__name__, _error_code(exc))
+            self._fail(jobs[0], claim, str(exc) or type(exc).__name__, error_code(exc))
             return FAILED
         run_ms = (time.perf_counter() - started) * 1000
         written = 0
@@ -248,7 +246,7 @@ class JobRunner:
 
     def _transient(self, jobs: list[Job], claim: str, exc: BaseException) -> None:
         q = self.settings.queue
-        reason = _one_line(exc)
+        reason = one_line(exc)
         for job in jobs:
             if job.attempts >= q.max_attempts:
                 self._fail(
@@ -257,7 +255,7 @@ class JobRunner:
                 continue
             delay = min(q.retry_backoff_max_s, q.retry_backoff_s * 2 ** (job.attempts - 1))
             log.warning("job %s: %s; retrying in %.1f s", job.id, reason, delay)
-            alone = len(jobs) > 1 or _is_oom(exc)
+            alone = len(jobs) > 1 or is_oom(exc)
             if self.store.requeue(
                 job.id, f"retrying: {reason}", claim=claim, delay_s=delay, run_alone=alone
             ):
@@ -282,10 +280,10 @@ class JobRunner:
         try:
             text = self.pipeline.summarize(result, _request(job).language)
         except Exception as exc:
-            if _is_permanent(exc):
-                self.store.summary_done(job_id, None, error=_one_line(exc))
+            if is_permanent(exc):
+                self.store.summary_done(job_id, None, error=one_line(exc))
                 return FAILED
-            raise TransientError(_one_line(exc)) from exc
+            raise TransientError(one_line(exc)) from exc
         self.store.summary_done(job_id, text)
         return "done"
 
@@ -300,87 +298,16 @@ class JobRunner:
         try:
             text = self.pipeline.digest(texts, batch.language)
         except Exception as exc:
-            if _is_permanent(exc):
-                self.store.digest_done(batch_id, None, error=_one_line(exc))
+            if is_permanent(exc):
+                self.store.digest_done(batch_id, None, error=one_line(exc))
                 return FAILED
-            raise TransientError(_one_line(exc)) from exc
+            raise TransientError(one_line(exc)) from exc
         self.store.digest_done(batch_id, text)
         return "done"
 
 
-class Watchdog:
-    """One thread for the hard time limit of every run: arming it per job costs a lock, where
-    a `threading.Timer` per job would start (and stop) a thread on the job's path."""
-
-    def __init__(self, on_expiry: Callable[..., None]) -> None:
-        self._on_expiry = on_expiry
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._args: tuple[Any, ...] = ()
-        self._limit = 0.0
-        self._wakes_at = float("inf")  # when the waiting thread looks at the deadline again
-        self._thread: threading.Thread | None = None
-
-    @property
-    def armed(self) -> bool:
-        return self._deadline is not None
-
-    def arm(self, limit: float, *args: Any) -> None:
-        """Call `on_expiry(limit, *args)` unless `disarm()` comes within `limit` seconds."""
-        with self._cond:
-            self._deadline = time.monotonic() + limit
-            self._limit, self._args = limit, args
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="job-watchdog", daemon=True)
-                self._thread.start()
-            elif self._deadline < self._wakes_at:  # else it wakes in time anyway
-                self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self._deadline = None  # the thread finds out when it next wakes; no wake-up needed
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._deadline is None or time.monotonic() < self._deadline:
-                    self._wakes_at = float("inf") if self._deadline is None else self._deadline
-                    self._cond.wait(
-                        None if self._deadline is None else self._deadline - time.monotonic()
-                    )
-                limit, args, self._deadline = self._limit, self._args, None
-                self._wakes_at = float("inf")
-            self._on_expiry(limit, *args)
-
-
 def _request(job: Job) -> TaskRequest:
     return TaskRequest.model_validate(job.params)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-
-
-def _is_permanent(exc: BaseException) -> bool:
-    """A problem with this job that another attempt would repeat."""
-    if isinstance(exc, ApplianceError):
-        return not exc.transient
-    return isinstance(exc, ValueError | TypeError)
-
-
-def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, ExtractionFailed):
-        return "extraction"
-    if isinstance(exc, ModelError):
-        return "model"
-    if isinstance(exc, InvalidRequest):
-        return "invalid_request"
-    return "error"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _ms_between(start: Any, end: Any) -> float | None:

@@ -1,0 +1,68 @@
+"""What every step of the bundle build shares: options, errors, paths, checksums."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+
+BUNDLE_MANIFEST = "bundle.json"
+SUMS = "SHA256SUMS"
+FORMAT = 1
+# What the roles install with apt (roles/redis); their dependency trees come along.
+DEB_PACKAGES: tuple[str, ...] = ("redis-server",)
+# Debian 12 (bookworm): Python 3.11.2 (the full version matters: markers such as
+# `python_full_version < "3.11.3"` pull in extra wheels), glibc 2.36, x86_64.
+DEFAULT_PYTHON = "3.11.2"
+DEFAULT_PLATFORM = "manylinux_2_36_x86_64"
+PROJECT_NAME = "vision-appliance"
+_CHUNK = 1 << 20
+
+
+class BundleError(ApplianceError):
+    """The bundle cannot be built or does not match its manifest."""
+
+
+@dataclass
+class BuildOptions:
+    out: Path
+    gpu: bool = False
+    models: list[Path] = field(default_factory=list)
+    tiny_models: bool = False
+    cache: Path = Path.home() / ".cache" / "appliance-bundle"
+    project: Path | None = None
+    python_version: str = DEFAULT_PYTHON
+    platform: str = DEFAULT_PLATFORM
+    debs: tuple[str, ...] = DEB_PACKAGES
+    pip_args: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def project_root(explicit: Path | None = None) -> Path:
+    """The source tree to build this project's wheel from (where pyproject.toml is)."""
+    candidates = [explicit] if explicit else [Path(__file__).resolve().parents[2], Path.cwd()]
+    for path in candidates:
+        if path and (path / "pyproject.toml").is_file():
+            return path.resolve()
+    raise BundleError("cannot find this project's source tree (pyproject.toml): pass --project DIR")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
