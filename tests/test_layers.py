@@ -105,3 +105,14 @@ def test_job_state_words_are_literals_in_one_module() -> None:
 def test_module_is_small(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines"
+
+
+def test_readme_layout_names_every_core_package() -> None:
+    """README's "Layout" table names each sub-package of the core, so a newcomer finds the room."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    core = ROOT / "appliance"
+    packages = [p.name for p in core.iterdir() if (p / "__init__.py").is_file()]
+    assert packages
+    missing = [name for name in packages if f"`appliance/{name}/`" not in layout]
+    assert missing == [], f"README's Layout does not name: {missing}"
