@@ -31,6 +31,9 @@ class ModelInfo:
     architecture: str
     path: Path
     files: dict[str, str] = field(default_factory=dict)
+    # Random weights of the real architecture (`appliance models make-tiny`): the plumbing
+    # works, the text is gibberish by design. The panel and `appliance up` say so.
+    demo: bool = False
 
     @property
     def size_bytes(self) -> int:
@@ -54,13 +57,17 @@ def _model_files(folder: Path) -> list[str]:
     return sorted(rel for rel in rels if rel != MANIFEST)
 
 
-def write_manifest(folder: Path, name: str, role: str, architecture: str) -> Path:
+def write_manifest(
+    folder: Path, name: str, role: str, architecture: str, *, demo: bool = False
+) -> Path:
     """Hash every file under `folder` (except its own manifest) into `folder/manifest.json`."""
     if role not in ROLES:
         raise ModelError(f"model {name}: unknown role {role!r} (one of {', '.join(ROLES)})")
     folder = Path(folder)
     files = {rel: sha256_file(folder / rel) for rel in _model_files(folder)}
     manifest = {"name": name, "role": role, "architecture": architecture, "files": files}
+    if demo:
+        manifest["demo"] = True
     path = folder / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
@@ -76,6 +83,7 @@ def read_manifest(folder: Path) -> ModelInfo:
             architecture=str(data.get("architecture", "")),
             path=Path(folder),
             files={str(k): str(v) for k, v in dict(data.get("files", {})).items()},
+            demo=bool(data.get("demo", False)),
         )
     except FileNotFoundError:
         raise ModelError(f"model folder {folder}: no {MANIFEST}") from None

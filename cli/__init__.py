@@ -6,8 +6,13 @@ Each module attaches the commands of what it manages to the root group (`cli.gro
 
 from __future__ import annotations
 
-from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, worker
-from cli.group import cli
+from appliance.quiet import silence_known_noise
+
+# Before any library is imported: some known-harmless messages are logged at import time.
+silence_known_noise()
+
+from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, worker  # noqa: E402
+from cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]
 _COMMAND_MODULES = (analyze, bundle, jobs, models, serve, tokens, up, users, watch, worker)

@@ -11,10 +11,15 @@ from typing import Any
 
 from celery import signals
 
-from appliance.errors import ModelError
-from appliance.queue import EXIT_CONFIG, QueueMisconfigured, make_celery
-from appliance.settings import load_settings
-from workers.runtime import start_runtime, stop_runtime
+from appliance.quiet import silence_known_noise
+
+# Before torch and transformers are imported (by the worker runtime, below and at start).
+silence_known_noise()
+
+from appliance.errors import ModelError  # noqa: E402
+from appliance.queue import EXIT_CONFIG, QueueMisconfigured, make_celery  # noqa: E402
+from appliance.settings import load_settings  # noqa: E402
+from workers.runtime import start_runtime, stop_runtime  # noqa: E402
 
 settings = load_settings()
 app = make_celery(settings)

@@ -34,10 +34,10 @@ from appliance.build.common import (
     BundleError,
     link_or_copy,
     project_root,
-    sha256_file,
 )
 from appliance.build.debs import debs as collect_debs
 from appliance.build.wheelhouse import wheelhouse
+from appliance.registry import sha256_file
 
 __all__ = ["DEB_PACKAGES", "BuildOptions", "BundleError", "build", "verify_bundle"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -22,7 +21,6 @@ DEB_PACKAGES: tuple[str, ...] = ("redis-server",)
 DEFAULT_PYTHON = "3.11.2"
 DEFAULT_PLATFORM = "manylinux_2_36_x86_64"
 PROJECT_NAME = "vision-appliance"
-_CHUNK = 1 << 20
 
 
 class BundleError(ApplianceError):
@@ -42,14 +40,6 @@ class BuildOptions:
     debs: tuple[str, ...] = DEB_PACKAGES
     pip_args: list[str] = field(default_factory=list)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def project_root(explicit: Path | None = None) -> Path:

@@ -207,7 +207,7 @@ def _make_vision(out: Path, seed: int) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     _normalise_json(out)
-    write_manifest(out, VISION_NAME, "vision", "MllamaForConditionalGeneration")
+    write_manifest(out, VISION_NAME, "vision", "MllamaForConditionalGeneration", demo=True)
     return out
 
 
@@ -249,7 +249,7 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     # One manifest for the folder, written last, lists the torch files and the ONNX export.
     export_onnx(out, out / "onnx", write_manifests=False)
     _normalise_json(out / "onnx")
-    write_manifest(out, SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM")
+    write_manifest(out, SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM", demo=True)
     return out
 
 

@@ -17,8 +17,8 @@ from appliance.build.common import (
     BuildOptions,
     BundleError,
     link_or_copy,
-    sha256_file,
 )
+from appliance.registry import sha256_file
 
 
 def _pinned(root: Path, name: str) -> str | None:
