@@ -8,7 +8,6 @@ query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -28,11 +27,13 @@ from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
 from appliance.vocab import CANCELLED, FAILED, SUCCEEDED
 from appliance.watch.batches import Batch, BatchBook
-from appliance.watch.claims import Claim, claim, load_claims
+from appliance.watch.claims import Claim, FolderBusy, FolderLock, claim, load_claims
 from appliance.watch.filters import PathFilter
 from appliance.watch.outputs import Layout, atomic_write, free_name
 from appliance.watch.port import Jobs, JobView
 from appliance.watch.stability import StabilityTracker
+
+__all__ = ["FolderBusy", "FolderWatcher", "Watcher", "folder_request"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ JOB_POLL_SECONDS = 0.5
 DIGEST_WAIT_SECONDS = 900.0
 INDEX = ".index.jsonl"  # in .processing/: sha256 -> earlier result, for dedupe
 INDEX_PRUNE_SECONDS = 3600.0
-
-
-class FolderBusy(ApplianceError):
-    """Another watcher process already watches this folder."""
 
 
 def folder_request(folder: DropFolder) -> TaskRequest:
@@ -105,14 +102,12 @@ class FolderWatcher:
         self._last_rescan = 0.0
         self._last_poll = 0.0
         self._last_index_prune = time.monotonic()
-        self._lock_fh: IO[str] | None = None
+        self.lock = FolderLock(self.root)
 
     # -- start-up and reconciliation ----------------------------------------------------------
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".processing").mkdir(exist_ok=True)
-        self._lock()
+        self.lock.acquire()  # creates the folder and .processing/ first
         self._load_index()
         claims = load_claims(self.root)
         self.batches.load((c.name, c.batch_id, c.claimed_at) for c in claims if c.batch_id)
@@ -120,24 +115,8 @@ class FolderWatcher:
             self._resume(c)
         self.rescan()
 
-    def _lock(self) -> None:
-        """One watcher per folder: a second one would finish the first one's claims too.
-
-        flock is dropped by the kernel when the holder dies, SIGKILL included, so a crash
-        never leaves the folder locked.
-        """
-        self._lock_fh = open(self.root / ".processing" / ".lock", "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise FolderBusy(f"another watcher is running on {self.root}") from None
-
     def close(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()  # releases the flock
-            self._lock_fh = None
+        self.lock.release()
 
     def _resume(self, c: Claim) -> None:
         """A claim found on start: finish it, or (re-)submit it. The key makes re-submits safe."""
