@@ -28,6 +28,7 @@ from appliance.settings import DropFolder, Settings
 from appliance.vocab import CANCELLED, FAILED, SUCCEEDED
 from appliance.watch.batches import Batch, BatchBook
 from appliance.watch.claims import Claim, FolderBusy, FolderLock, claim, load_claims
+from appliance.watch.dedupe import Dedupe
 from appliance.watch.filters import PathFilter
 from appliance.watch.outputs import Layout, atomic_write, free_name
 from appliance.watch.port import Jobs, JobView
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 JOB_POLL_SECONDS = 0.5
 # How long a closed batch waits for its digest before the file is written without it.
 DIGEST_WAIT_SECONDS = 900.0
-INDEX = ".index.jsonl"  # in .processing/: sha256 -> earlier result, for dedupe
-INDEX_PRUNE_SECONDS = 3600.0
 
 
 def folder_request(folder: DropFolder) -> TaskRequest:
@@ -86,7 +85,6 @@ class FolderWatcher:
         self.root = self.folder.path
         self.jobs = jobs
         self.request = folder_request(folder)
-        self.request_key = self.request.model_dump_json()
         self.layout = Layout(self.folder)
         self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
         self.tracker = StabilityTracker(self.folder.settle_seconds)
@@ -94,21 +92,18 @@ class FolderWatcher:
         self.events: queue.SimpleQueue[tuple[str, str, str | None, bool]] = queue.SimpleQueue()
         self.handler = _Handler(self.events)
         self.outstanding: dict[str, Claim] = {}  # claim name -> claim
-        self.inflight: dict[str, Claim] = {}  # sha256 -> first claim with that content
-        self.waiting: dict[str, list[Claim]] = {}  # sha256 -> duplicates waiting on inflight
-        self.index: dict[str, dict[str, Any]] = {}
+        self.dedupe = Dedupe(self.folder, self.request.model_dump_json())
         self.on_submitted = on_submitted
         self._skip: dict[Path, tuple[int, int]] = {}  # left-in-place originals already done
         self._last_rescan = 0.0
         self._last_poll = 0.0
-        self._last_index_prune = time.monotonic()
         self.lock = FolderLock(self.root)
 
     # -- start-up and reconciliation ----------------------------------------------------------
 
     def start(self) -> None:
         self.lock.acquire()  # creates the folder and .processing/ first
-        self._load_index()
+        self.dedupe.index.load()
         claims = load_claims(self.root)
         self.batches.load((c.name, c.batch_id, c.claimed_at) for c in claims if c.batch_id)
         for c in claims:
@@ -127,8 +122,8 @@ class FolderWatcher:
         self.outstanding[c.name] = c
         if c.job_id is None:
             self._dispatch(c)
-        elif self.folder.dedupe and c.sha256:
-            self.inflight.setdefault(c.sha256, c)  # an identical newcomer waits on this one
+        else:
+            self.dedupe.resumed(c)
         # Claims with a job id are checked by the next poll, which also re-submits missing jobs.
 
     def rescan(self) -> None:
@@ -158,8 +153,7 @@ class FolderWatcher:
                 log.exception("taking %s failed", path)
         if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
             self._poll()
-        if time.monotonic() - self._last_index_prune >= INDEX_PRUNE_SECONDS:
-            self._prune_index()
+        self.dedupe.index.prune_when_due()
         self._finish_batches(force=final and not self.outstanding and not len(self.tracker))
 
     def idle(self) -> bool:
@@ -261,17 +255,13 @@ class FolderWatcher:
     def _dispatch(self, c: Claim) -> None:
         """Link to an earlier result, wait on an identical in-flight file, or submit."""
         assert c.sha256 is not None
-        if self.folder.dedupe:
-            earlier = self.index.get(c.sha256)
-            if earlier is not None:
-                self._finish_duplicate(c, earlier)
-                return
-            first = self.inflight.get(c.sha256)
-            if first is not None and first.name != c.name:
-                self.waiting.setdefault(c.sha256, []).append(c)
-                c.save()
-                return
-            self.inflight[c.sha256] = c
+        earlier = self.dedupe.earlier(c)
+        if earlier is not None:
+            self._finish_duplicate(c, earlier)
+            return
+        if self.dedupe.wait_behind_twin(c):
+            c.save()  # its hash and batch outlive a restart
+            return
         self._submit(c)
 
     def _submit(self, c: Claim) -> None:
@@ -302,7 +292,7 @@ class FolderWatcher:
         self._last_poll = time.monotonic()
         pending = [c for c in self.outstanding.values() if c.job_id]
         for c in list(self.outstanding.values()):
-            if c.job_id is None and not self._is_waiting(c):
+            if c.job_id is None and not self.dedupe.is_waiting(c):
                 self._dispatch(c)  # an earlier submit failed: retry
         if not pending:
             return
@@ -325,9 +315,6 @@ class FolderWatcher:
                     # Disk full or the share went away: keep the claim, retry (paperless #8329).
                     log.exception("finishing %s failed; will retry", c.rel)
 
-    def _is_waiting(self, c: Claim) -> bool:
-        return any(c in group for group in self.waiting.values())
-
     def _finish(self, c: Claim, view: JobView) -> None:
         rel = c.rel
         if not c.path.exists():
@@ -339,7 +326,7 @@ class FolderWatcher:
             final = self._final_path(c, self.layout.done_dir(rel))
             text = _result_text(view.result)
             self._write_sidecars(c, final.name, view.id, view.result, text)
-            self._index_add(c, view.id, final.name)
+            self.dedupe.succeeded(c, view.id, self.layout.sidecar_dir(rel) / f"{final.name}.json")
             entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
         else:
             reason = view.error or (CANCELLED if view.state == CANCELLED else "no result")
@@ -354,14 +341,9 @@ class FolderWatcher:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(c.path, final)
         self._done_with(c)
-        if c.sha256 and self.inflight.get(c.sha256) is c:
-            del self.inflight[c.sha256]
-            for dup in self.waiting.pop(c.sha256, []):
-                earlier = self.index.get(c.sha256)
-                if earlier is not None:
-                    self._finish_duplicate(dup, earlier)
-                else:  # the first one failed: the copy gets its own chance
-                    self._dispatch(dup)
+        for twin in self.dedupe.release(c):
+            # Finds c's result in the index; if c failed, the twin gets its own chance.
+            self._dispatch(twin)
 
     def _finish_duplicate(self, c: Claim, earlier: dict[str, Any]) -> None:
         """Same content as an earlier success: link to it instead of a second GPU run."""
@@ -370,7 +352,7 @@ class FolderWatcher:
             result = payload["result"]
         except (OSError, ValueError, KeyError):
             # The earlier sidecar is gone: forget it and run this one for real.
-            self.index.pop(c.sha256 or "", None)
+            self.dedupe.index.forget(c.sha256 or "")
             self._dispatch(c)
             return
         final = self._final_path(c, self.layout.done_dir(c.rel))
@@ -442,60 +424,6 @@ class FolderWatcher:
         # JSON first: the .txt appearing is the "done" signal people script against.
         atomic_write(directory / f"{final_name}.json", json.dumps(payload, indent=2, default=str))
         atomic_write(directory / f"{final_name}.txt", text + "\n")
-
-    # -- dedupe index -------------------------------------------------------------------------
-
-    def _index_path(self) -> Path:
-        return self.root / ".processing" / INDEX
-
-    def _index_cutoff(self) -> float | None:
-        days = self.folder.dedupe_days
-        return None if days is None else time.time() - days * 86400
-
-    def _load_index(self) -> None:
-        path = self._index_path()
-        if not path.exists():
-            return
-        cutoff, kept, dropped = self._index_cutoff(), [], 0
-        for line in path.read_text().splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                dropped += 1
-                continue  # a torn last line after a crash
-            item.setdefault("at", time.time())  # written before entries had a time: from now
-            if cutoff is not None and item["at"] < cutoff:
-                dropped += 1
-                continue
-            kept.append(item)
-            if item.get("request") == self.request_key:
-                self.index.setdefault(item["sha256"], item)
-        if dropped:
-            atomic_write(path, "".join(json.dumps(i) + "\n" for i in kept))
-            log.info("%s: dedupe index: forgot %d old entries", self.root, dropped)
-
-    def _prune_index(self) -> None:
-        """Forget entries older than `dedupe_days`, in memory and in the file."""
-        self._last_index_prune = time.monotonic()
-        cutoff = self._index_cutoff()
-        if cutoff is None or not any(i["at"] < cutoff for i in self.index.values()):
-            return
-        self.index = {}
-        self._load_index()  # rewrites the file without them, and reloads what is left
-
-    def _index_add(self, c: Claim, job_id: str, final_name: str) -> None:
-        if not self.folder.dedupe or not c.sha256:
-            return
-        item = {
-            "sha256": c.sha256,
-            "request": self.request_key,
-            "job_id": job_id,
-            "json": str(self.layout.sidecar_dir(c.rel) / f"{final_name}.json"),
-            "at": time.time(),
-        }
-        self.index.setdefault(c.sha256, item)
-        with open(self._index_path(), "a") as fh:
-            fh.write(json.dumps(item) + "\n")
 
     # -- batches ------------------------------------------------------------------------------
 
