@@ -25,12 +25,12 @@ from watchdog.observers.polling import PollingObserver
 from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
-from appliance.vocab import CANCELLED, FAILED, SUCCEEDED
+from appliance.vocab import FAILED, SUCCEEDED
 from appliance.watch.batches import Batch, BatchBook
 from appliance.watch.claims import Claim, FolderBusy, FolderLock, claim, load_claims
 from appliance.watch.dedupe import Dedupe
-from appliance.watch.filters import PathFilter
-from appliance.watch.outputs import Layout, atomic_write, free_name
+from appliance.watch.filters import PathFilter, relative
+from appliance.watch.outputs import Outputs, atomic_write, free_name
 from appliance.watch.port import Jobs, JobView
 from appliance.watch.stability import StabilityTracker
 
@@ -85,7 +85,8 @@ class FolderWatcher:
         self.root = self.folder.path
         self.jobs = jobs
         self.request = folder_request(folder)
-        self.layout = Layout(self.folder)
+        self.outputs = Outputs(self.folder, self.request)
+        self.layout = self.outputs.layout
         self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
         self.tracker = StabilityTracker(self.folder.settle_seconds)
         self.batches = BatchBook(self.root, self.folder.batch_gap_seconds)
@@ -94,7 +95,6 @@ class FolderWatcher:
         self.outstanding: dict[str, Claim] = {}  # claim name -> claim
         self.dedupe = Dedupe(self.folder, self.request.model_dump_json())
         self.on_submitted = on_submitted
-        self._skip: dict[Path, tuple[int, int]] = {}  # left-in-place originals already done
         self._last_rescan = 0.0
         self._last_poll = 0.0
         self.lock = FolderLock(self.root)
@@ -186,10 +186,7 @@ class FolderWatcher:
                 self._hint(Path(dirpath) / name)
 
     def _rel(self, path: Path) -> PurePosixPath | None:
-        try:
-            return PurePosixPath(path.relative_to(self.root).as_posix())
-        except ValueError:
-            return None
+        return relative(self.root, path)
 
     def _hint(self, path: Path, rel: PurePosixPath | None = None, force: bool = False) -> None:
         rel = rel if rel is not None else self._rel(path)
@@ -214,7 +211,7 @@ class FolderWatcher:
     # -- taking a file ------------------------------------------------------------------------
 
     def _take(self, path: Path) -> None:
-        if self._already_done(path):
+        if self.outputs.already_done(path):
             return
         c = claim(self.root, path)
         if c is None:
@@ -230,27 +227,6 @@ class FolderWatcher:
             self._finish(c, JobView(id="", state=FAILED, error=f"cannot read the file: {exc}"))
             return
         self._dispatch(c)
-
-    def _already_done(self, path: Path) -> bool:
-        """Left-in-place mode: an original whose sidecar records this very file is done."""
-        if self.folder.move_done:
-            return False
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        key = (st.st_size, st.st_mtime_ns)
-        if self._skip.get(path) == key:
-            return True
-        sidecar = self.layout.sidecar_dir(self._rel(path) or PurePosixPath(path.name))
-        try:
-            source = json.loads((sidecar / f"{path.name}.json").read_text())["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        if (source.get("size"), source.get("mtime_ns")) == key:
-            self._skip[path] = key
-            return True
-        return False
 
     def _dispatch(self, c: Claim) -> None:
         """Link to an earlier result, wait on an identical in-flight file, or submit."""
@@ -316,31 +292,20 @@ class FolderWatcher:
                     log.exception("finishing %s failed; will retry", c.rel)
 
     def _finish(self, c: Claim, view: JobView) -> None:
-        rel = c.rel
         if not c.path.exists():
             # Someone removed it from .processing/ by hand: nothing left to place.
             log.warning("claimed file %s vanished; dropping its claim", c.path)
             self._done_with(c)
             return
+        entry: dict[str, Any]
         if view.state == SUCCEEDED and view.result is not None:
-            final = self._final_path(c, self.layout.done_dir(rel))
-            text = _result_text(view.result)
-            self._write_sidecars(c, final.name, view.id, view.result, text)
-            self.dedupe.succeeded(c, view.id, self.layout.sidecar_dir(rel) / f"{final.name}.json")
-            entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
+            final, text = self.outputs.succeeded(c, view.id, view.result)
+            self.dedupe.succeeded(c, view.id, self.outputs.sidecar(c, final))
+            entry = {"file": final.name, "text": text}
         else:
-            reason = view.error or (CANCELLED if view.state == CANCELLED else "no result")
-            final = self._final_path(c, self.layout.failed_dir(rel))
-            atomic_write(
-                final.with_name(final.name + ".error.txt"),
-                f"{rel.as_posix()}: {reason}\n\njob: {view.id or '-'}\nstate: {view.state}\n"
-                f"sha256: {c.sha256}\nat: {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
-            )
-            entry = {"file": final.name, "error": reason, "claimed_at": c.claimed_at}
-        self.batches.record(c.batch_id, c.name, entry)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(c.path, final)
-        self._done_with(c)
+            final, reason = self.outputs.failed(c, view)
+            entry = {"file": final.name, "error": reason}
+        self._place(c, final, entry)
         for twin in self.dedupe.release(c):
             # Finds c's result in the index; if c failed, the twin gets its own chance.
             self._dispatch(twin)
@@ -355,75 +320,20 @@ class FolderWatcher:
             self.dedupe.index.forget(c.sha256 or "")
             self._dispatch(c)
             return
-        final = self._final_path(c, self.layout.done_dir(c.rel))
-        text = _result_text(result)
-        self._write_sidecars(
-            c,
-            final.name,
-            earlier.get("job_id", ""),
-            result,
-            text,
-            duplicate_of={"job_id": earlier.get("job_id"), "file": earlier.get("json")},
-        )
-        entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
-        self.batches.record(c.batch_id, c.name, entry)
-        os.rename(c.path, final)
-        self._done_with(c)
+        job_id = earlier.get("job_id", "")
+        duplicate_of = {"job_id": earlier.get("job_id"), "file": earlier.get("json")}
+        final, text = self.outputs.succeeded(c, job_id, result, duplicate_of)
+        self._place(c, final, {"file": final.name, "text": text})
 
-    def _final_path(self, c: Claim, directory: Path) -> Path:
-        """Where the original goes, chosen once and kept in the manifest: after a crash
-        between writing the sidecars and the move, the retry reuses the name (and overwrites
-        its own sidecars) instead of seeing them and picking `x (2).jpg`."""
-        if c.final and Path(c.final).parent == directory:
-            return Path(c.final)
-        final = free_name(directory, c.rel.name)
-        sidecars = self.layout.sidecar_dir(c.rel)
-        n = 2
-        while (sidecars / f"{final.name}.json").exists() or (
-            final.with_name(final.name + ".error.txt").exists()
-        ):
-            stem, dot, ext = c.rel.name.partition(".")
-            final = free_name(directory, f"{stem} ({n}){dot}{ext}")
-            n += 1
-        c.final = str(final)
-        c.save()
-        return final
+    def _place(self, c: Claim, final: Path, entry: dict[str, Any]) -> None:
+        """The batch learns of it before the move: a crash in between re-records, not loses."""
+        self.batches.record(c.batch_id, c.name, {**entry, "claimed_at": c.claimed_at})
+        self.outputs.place(c, final)
+        self._done_with(c)
 
     def _done_with(self, c: Claim) -> None:
         c.drop_manifest()
         self.outstanding.pop(c.name, None)
-
-    def _write_sidecars(
-        self,
-        c: Claim,
-        final_name: str,
-        job_id: str,
-        result: dict[str, Any],
-        text: str,
-        duplicate_of: dict[str, Any] | None = None,
-    ) -> None:
-        directory = self.layout.sidecar_dir(c.rel)
-        payload: dict[str, Any] = {
-            "file": final_name,
-            "source": {
-                "path": c.rel.as_posix(),
-                "sha256": c.sha256,
-                "size": c.size,
-                "mtime_ns": c.mtime_ns,
-                "claimed_at": c.claimed_at,
-            },
-            "job_id": job_id,
-            "batch_id": c.batch_id,
-            "request": self.request.model_dump(),
-            "model": result.get("model"),
-            "timings": result.get("timings", {}),
-            "result": result,
-        }
-        if duplicate_of is not None:
-            payload["duplicate_of"] = duplicate_of
-        # JSON first: the .txt appearing is the "done" signal people script against.
-        atomic_write(directory / f"{final_name}.json", json.dumps(payload, indent=2, default=str))
-        atomic_write(directory / f"{final_name}.txt", text + "\n")
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -502,17 +412,6 @@ def _digest_markdown(
             first = (e.get("text") or "").strip().splitlines()
             lines.append(f"- **{e['file']}**: {first[0] if first else ''}")
     return "\n".join(lines) + "\n"
-
-
-def _result_text(result: dict[str, Any]) -> str:
-    pages = result.get("pages") or []
-    if len(pages) == 1:
-        text = pages[0].get("text", "")
-    else:
-        text = "\n\n".join(f"[page {p.get('page')}]\n{p.get('text', '')}" for p in pages)
-    if result.get("summary"):
-        text += f"\n\nSummary: {result['summary']}"
-    return text
 
 
 class Watcher:
