@@ -26,11 +26,11 @@ from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
 from appliance.vocab import FAILED, SUCCEEDED
-from appliance.watch.batches import Batch, BatchBook
 from appliance.watch.claims import Claim, FolderBusy, FolderLock, claim, load_claims
 from appliance.watch.dedupe import Dedupe
+from appliance.watch.digests import Digests
 from appliance.watch.filters import PathFilter, relative
-from appliance.watch.outputs import Outputs, atomic_write, free_name
+from appliance.watch.outputs import Outputs
 from appliance.watch.port import Jobs, JobView
 from appliance.watch.stability import StabilityTracker
 
@@ -39,8 +39,6 @@ __all__ = ["FolderBusy", "FolderWatcher", "Watcher", "folder_request"]
 log = logging.getLogger(__name__)
 
 JOB_POLL_SECONDS = 0.5
-# How long a closed batch waits for its digest before the file is written without it.
-DIGEST_WAIT_SECONDS = 900.0
 
 
 def folder_request(folder: DropFolder) -> TaskRequest:
@@ -89,7 +87,7 @@ class FolderWatcher:
         self.layout = self.outputs.layout
         self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
         self.tracker = StabilityTracker(self.folder.settle_seconds)
-        self.batches = BatchBook(self.root, self.folder.batch_gap_seconds)
+        self.digests = Digests(self.folder, self.layout, jobs)
         self.events: queue.SimpleQueue[tuple[str, str, str | None, bool]] = queue.SimpleQueue()
         self.handler = _Handler(self.events)
         self.outstanding: dict[str, Claim] = {}  # claim name -> claim
@@ -105,7 +103,7 @@ class FolderWatcher:
         self.lock.acquire()  # creates the folder and .processing/ first
         self.dedupe.index.load()
         claims = load_claims(self.root)
-        self.batches.load((c.name, c.batch_id, c.claimed_at) for c in claims if c.batch_id)
+        self.digests.load(claims)
         for c in claims:
             self._resume(c)
         self.rescan()
@@ -118,7 +116,7 @@ class FolderWatcher:
         if c.sha256 is None or c.size is None:
             c.hash()
         if c.batch_id is None:
-            c.batch_id = self.batches.assign(c.name, c.claimed_at)
+            self.digests.assign(c)
         self.outstanding[c.name] = c
         if c.job_id is None:
             self._dispatch(c)
@@ -154,10 +152,10 @@ class FolderWatcher:
         if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
             self._poll()
         self.dedupe.index.prune_when_due()
-        self._finish_batches(force=final and not self.outstanding and not len(self.tracker))
+        self.digests.finish(force=final and not self.outstanding and not len(self.tracker))
 
     def idle(self) -> bool:
-        return not len(self.tracker) and not self.outstanding and not self.batches.pending()
+        return not len(self.tracker) and not self.outstanding and not self.digests.pending()
 
     def _drain_events(self) -> None:
         while True:
@@ -218,7 +216,7 @@ class FolderWatcher:
             return
         if self.folder.marker_suffix:
             path.with_name(path.name + self.folder.marker_suffix).unlink(missing_ok=True)
-        c.batch_id = self.batches.assign(c.name, c.claimed_at)
+        self.digests.assign(c)
         self.outstanding[c.name] = c
         try:
             c.hash()
@@ -247,7 +245,7 @@ class FolderWatcher:
                 data,
                 c.rel.name,
                 self.request,
-                batch_id=self._queue_batch(c),
+                batch_id=self.digests.queue_batch(c),
                 idempotency_key=c.idempotency_key,
             )
         except ApplianceError as exc:
@@ -327,91 +325,13 @@ class FolderWatcher:
 
     def _place(self, c: Claim, final: Path, entry: dict[str, Any]) -> None:
         """The batch learns of it before the move: a crash in between re-records, not loses."""
-        self.batches.record(c.batch_id, c.name, {**entry, "claimed_at": c.claimed_at})
+        self.digests.record(c, entry)
         self.outputs.place(c, final)
         self._done_with(c)
 
     def _done_with(self, c: Claim) -> None:
         c.drop_manifest()
         self.outstanding.pop(c.name, None)
-
-    # -- batches ------------------------------------------------------------------------------
-
-    def _queue_batch(self, c: Claim) -> str | None:
-        """The queue's batch for this claim's folder batch, opened on first use."""
-        batch = self.batches.batches.get(c.batch_id or "")
-        if batch is None:
-            return None
-        if batch.queue_id is None:
-            batch.queue_id = self.jobs.open_batch(
-                label=f"{self.root}: batch {batch.id}",
-                language=self.folder.language,
-                digest=self.folder.digest,
-            )
-            self.batches.save(batch)
-        return batch.queue_id
-
-    def _finish_batches(self, force: bool = False) -> None:
-        for batch in self.batches.due(force=force):
-            try:
-                if self._close_batch(batch):
-                    self.batches.close(batch)
-            except Exception:
-                log.exception("closing batch %s failed; will retry", batch.id)
-
-    def _close_batch(self, batch: Batch) -> bool:
-        """Close the queue batch, wait for its digest, write `batch-<time>.md`. True when done."""
-        if batch.queue_id and not batch.closed:
-            self.jobs.close_batch(batch.queue_id)
-            batch.closed = True
-            batch.closed_at = time.time()
-            self.batches.save(batch)
-        entries = self.batches.entries(batch.id)
-        if not entries or not self.folder.digest:
-            return True
-        digest, note = None, ""
-        view = self.jobs.get_batch(batch.queue_id) if batch.queue_id else None
-        if view is not None and view.digest_state == "pending":
-            waited = time.time() - (batch.closed_at or time.time())
-            if waited < DIGEST_WAIT_SECONDS:
-                return False  # the summarizer has not run yet: ask again next tick
-            # No worker for the text queue, or it is stuck: the file list is still worth having.
-            note = f"digest not ready after {waited:.0f} s"
-        if view is not None and view.digest:
-            digest = view.digest
-        elif view is not None and view.digest_error:
-            note = f"digest failed: {view.digest_error}"
-        if batch.output is None:
-            stamp = batch.id.rsplit("-", 1)[0]
-            batch.output = str(free_name(self.layout.digest_dir(), f"batch-{stamp}.md"))
-            self.batches.save(batch)
-        atomic_write(Path(batch.output), _digest_markdown(batch, entries, digest, note, self.root))
-        return True
-
-
-def _digest_markdown(
-    batch: Batch, entries: list[dict[str, Any]], digest: str | None, note: str, root: Path
-) -> str:
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(batch.started))
-    failed = sum(1 for e in entries if e.get("error"))
-    lines = [
-        f"# Batch {started}",
-        "",
-        f"{len(entries)} file(s) from `{root}`, {failed} failed.",
-        "",
-    ]
-    if digest:
-        lines += ["## Digest", "", digest.strip(), ""]
-    elif note:
-        lines += [f"_{note}_", ""]
-    lines += ["## Files", ""]
-    for e in entries:
-        if e.get("error"):
-            lines.append(f"- **{e['file']}**: failed: {e['error']}")
-        else:
-            first = (e.get("text") or "").strip().splitlines()
-            lines.append(f"- **{e['file']}**: {first[0] if first else ''}")
-    return "\n".join(lines) + "\n"
 
 
 class Watcher:
