@@ -65,6 +65,14 @@ def error_note(final: Path) -> Path:
     return final.with_name(final.name + ".error.txt")
 
 
+def sidecar_field(path: Path, key: str) -> Any:
+    """`key` of a JSON sidecar; None when the file is gone, torn or not one of ours."""
+    try:
+        return json.loads(path.read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def result_text(result: dict[str, Any]) -> str:
     """The `.txt` sidecar: the text of each page (marked when there are several), the summary."""
     pages = result.get("pages") or []
@@ -140,13 +148,8 @@ class Outputs:
         if self._skip.get(path) == key:
             return True
         rel = relative(self.layout.root, path) or PurePosixPath(path.name)
-        try:
-            source = json.loads((self.layout.sidecar_dir(rel) / f"{path.name}.json").read_text())[
-                "source"
-            ]
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        if (source.get("size"), source.get("mtime_ns")) == key:
+        source = sidecar_field(self.layout.sidecar_dir(rel) / f"{path.name}.json", "source")
+        if isinstance(source, dict) and (source.get("size"), source.get("mtime_ns")) == key:
             self._skip[path] = key
             return True
         return False
