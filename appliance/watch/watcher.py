@@ -1,5 +1,10 @@
-"""The watch loop: events and rescans feed the stability tracker; complete files are claimed,
-submitted at bulk priority, and finished from the job store.
+"""The watch loop. A file's walk through it goes one way, each step in its own module:
+
+    event -> settle -> claim              events.py (watchdog, rescans, stability.py, claims.py)
+    -> duplicate? -> finish as one        dedupe.py
+    -> submit -> poll                     port.py (the job queue), here
+    -> finish: sidecars, move             outputs.py
+    -> batch digest                       digests.py
 
 Completion is noticed by polling the store for this watcher's outstanding claims (one bulk
 query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash the claims in
@@ -8,31 +13,23 @@ query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
 from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
 from appliance.vocab import FAILED, SUCCEEDED
-from appliance.watch.claims import Claim, FolderBusy, FolderLock, claim, load_claims
+from appliance.watch.claims import Claim, FolderBusy, FolderLock, load_claims
 from appliance.watch.dedupe import Dedupe
 from appliance.watch.digests import Digests
-from appliance.watch.filters import PathFilter, relative
-from appliance.watch.outputs import Outputs
+from appliance.watch.events import FolderEvents, start_observers, stop_observers
+from appliance.watch.outputs import Outputs, sidecar_field
 from appliance.watch.port import Jobs, JobView
-from appliance.watch.stability import StabilityTracker
 
 __all__ = ["FolderBusy", "FolderWatcher", "Watcher", "folder_request"]
 
@@ -42,6 +39,7 @@ JOB_POLL_SECONDS = 0.5
 
 
 def folder_request(folder: DropFolder) -> TaskRequest:
+    """The analysis every file of this folder gets."""
     return TaskRequest(
         task=folder.task,  # type: ignore[arg-type]  # validated by TaskRequest itself
         prompt=folder.prompt,
@@ -50,23 +48,6 @@ def folder_request(folder: DropFolder) -> TaskRequest:
         language=folder.language,
         summarize=folder.summarize,
     )
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs in the observer thread: only hands events over, the loop thread does the work."""
-
-    def __init__(self, sink: queue.SimpleQueue[tuple[str, str, str | None, bool]]) -> None:
-        self.sink = sink
-        # Wakes the loop at once, so a file's settle time starts at its last event, not at the
-        # next tick (the Watcher replaces it with its shared one).
-        self.wake = threading.Event()
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        dest = os.fsdecode(event.dest_path) if event.dest_path else None
-        self.sink.put((event.event_type, os.fsdecode(event.src_path), dest, event.is_directory))
-        self.wake.set()
 
 
 class FolderWatcher:
@@ -83,19 +64,14 @@ class FolderWatcher:
         self.root = self.folder.path
         self.jobs = jobs
         self.request = folder_request(folder)
-        self.outputs = Outputs(self.folder, self.request)
-        self.layout = self.outputs.layout
-        self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
-        self.tracker = StabilityTracker(self.folder.settle_seconds)
-        self.digests = Digests(self.folder, self.layout, jobs)
-        self.events: queue.SimpleQueue[tuple[str, str, str | None, bool]] = queue.SimpleQueue()
-        self.handler = _Handler(self.events)
-        self.outstanding: dict[str, Claim] = {}  # claim name -> claim
-        self.dedupe = Dedupe(self.folder, self.request.model_dump_json())
-        self.on_submitted = on_submitted
-        self._last_rescan = 0.0
-        self._last_poll = 0.0
         self.lock = FolderLock(self.root)
+        self.outputs = Outputs(self.folder, self.request)
+        self.events = FolderEvents(self.folder, self.outputs.layout.reserved_dirs())
+        self.dedupe = Dedupe(self.folder, self.request.model_dump_json())
+        self.digests = Digests(self.folder, self.outputs.layout, jobs)
+        self.outstanding: dict[str, Claim] = {}  # claim name -> claim
+        self.on_submitted = on_submitted
+        self._last_poll = 0.0
 
     # -- start-up and reconciliation ----------------------------------------------------------
 
@@ -126,23 +102,12 @@ class FolderWatcher:
 
     def rescan(self) -> None:
         """Walk the folder: files present at start, and whatever events were missed."""
-        self._last_rescan = time.monotonic()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            rel_dir = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
-            if rel_dir.parts and self.filter.dir_ignored(rel_dir):
-                dirnames[:] = []
-                continue
-            dirnames[:] = [d for d in dirnames if not self.filter.dir_ignored(rel_dir / d)]
-            for name in filenames:
-                self._hint(Path(dirpath) / name, rel_dir / name)
+        self.events.rescan()
 
     # -- the loop -----------------------------------------------------------------------------
 
     def tick(self, *, final: bool = False) -> None:
-        self._drain_events()
-        if time.monotonic() - self._last_rescan >= self.folder.rescan_seconds:
-            self.rescan()
-        for path in self.tracker.ready():
+        for path in self.events.complete():
             try:
                 self._take(path)
             except Exception:
@@ -152,70 +117,26 @@ class FolderWatcher:
         if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
             self._poll()
         self.dedupe.index.prune_when_due()
-        self.digests.finish(force=final and not self.outstanding and not len(self.tracker))
+        self.digests.finish(force=final and not self.outstanding and not len(self.events))
 
     def idle(self) -> bool:
-        return not len(self.tracker) and not self.outstanding and not self.digests.pending()
+        return not len(self.events) and not self.outstanding and not self.digests.pending()
 
-    def _drain_events(self) -> None:
-        while True:
-            try:
-                kind, src, dest, is_dir = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if is_dir:
-                if kind in ("created", "moved") and self.folder.recursive:
-                    self._walk_dir(Path(dest or src))
-                continue
-            if kind == "deleted":
-                self.tracker.forget(Path(src))
-                continue
-            if kind == "moved":
-                self.tracker.forget(Path(src))
-                src_rel = self._rel(Path(src))
-                renamed_in = src_rel is None or not self.filter.accepts(src_rel)
-                self._hint(Path(dest or src), force=self.folder.rename_completes and renamed_in)
-                continue
-            self._hint(Path(src))
+    def next_due(self) -> float | None:
+        """Seconds until this folder has work: a file's settle deadline or the next job poll."""
+        due = self.events.next_due()
+        if self.outstanding:
+            due = JOB_POLL_SECONDS if due is None else min(due, JOB_POLL_SECONDS)
+        return due
 
-    def _walk_dir(self, directory: Path) -> None:
-        for dirpath, _dirs, filenames in os.walk(directory):
-            for name in filenames:
-                self._hint(Path(dirpath) / name)
-
-    def _rel(self, path: Path) -> PurePosixPath | None:
-        return relative(self.root, path)
-
-    def _hint(self, path: Path, rel: PurePosixPath | None = None, force: bool = False) -> None:
-        rel = rel if rel is not None else self._rel(path)
-        if rel is None:
-            return
-        if self.filter.is_marker(rel):
-            target = path.with_name(rel.name[: -len(self.folder.marker_suffix)])
-            target_rel = rel.with_name(target.name)
-            if self.filter.accepts(target_rel) and target.exists():
-                self.tracker.force(target)
-            elif not target.exists() and not path.exists():
-                return
-            return
-        if not self.filter.accepts(rel):
-            return
-        marker = path.with_name(path.name + self.folder.marker_suffix)
-        if force or (self.folder.marker_suffix and marker.exists()):
-            self.tracker.force(path)
-        else:
-            self.tracker.observe(path)
-
-    # -- taking a file ------------------------------------------------------------------------
+    # -- one file's walk ----------------------------------------------------------------------
 
     def _take(self, path: Path) -> None:
         if self.outputs.already_done(path):
             return
-        c = claim(self.root, path)
+        c = self.events.claim(path)
         if c is None:
             return
-        if self.folder.marker_suffix:
-            path.with_name(path.name + self.folder.marker_suffix).unlink(missing_ok=True)
         self.digests.assign(c)
         self.outstanding[c.name] = c
         try:
@@ -259,8 +180,6 @@ class FolderWatcher:
         c.save()
         if self.on_submitted is not None:
             self.on_submitted(c)
-
-    # -- finishing ----------------------------------------------------------------------------
 
     def _poll(self) -> None:
         self._last_poll = time.monotonic()
@@ -310,17 +229,15 @@ class FolderWatcher:
 
     def _finish_duplicate(self, c: Claim, earlier: dict[str, Any]) -> None:
         """Same content as an earlier success: link to it instead of a second GPU run."""
-        try:
-            payload = json.loads(Path(earlier["json"]).read_text())
-            result = payload["result"]
-        except (OSError, ValueError, KeyError):
+        sidecar = earlier.get("json")
+        result = sidecar_field(Path(sidecar), "result") if sidecar else None
+        if result is None:
             # The earlier sidecar is gone: forget it and run this one for real.
             self.dedupe.index.forget(c.sha256 or "")
             self._dispatch(c)
             return
-        job_id = earlier.get("job_id", "")
-        duplicate_of = {"job_id": earlier.get("job_id"), "file": earlier.get("json")}
-        final, text = self.outputs.succeeded(c, job_id, result, duplicate_of)
+        duplicate_of = {"job_id": earlier.get("job_id"), "file": sidecar}
+        final, text = self.outputs.succeeded(c, earlier.get("job_id", ""), result, duplicate_of)
         self._place(c, final, {"file": final.name, "text": text})
 
     def _place(self, c: Claim, final: Path, entry: dict[str, Any]) -> None:
@@ -350,34 +267,13 @@ class Watcher:
         self.started = threading.Event()
         self.wake = threading.Event()
         for fw in self.folders:
-            fw.handler.wake = self.wake
+            fw.events.handler.wake = self.wake
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Watcher:
         from appliance.watch.service import ServiceJobs
 
         return cls(settings.folders, ServiceJobs.from_settings(settings), **kwargs)
-
-    def _observe(self) -> None:
-        inotify = None
-        for fw in self.folders:
-            if fw.folder.polling:
-                # Network mounts deliver no inotify events for writes made by other clients.
-                obs: Any = PollingObserver(timeout=fw.folder.poll_seconds)
-            else:
-                if inotify is None:
-                    inotify = Observer()
-                    self.observers.append(inotify)
-                obs = inotify
-            # inotify always watches the whole tree: our own claim (root -> .processing/) is then
-            # a paired move delivered at once; unpaired, watchdog holds every later event up to
-            # 0.5 s waiting for its IN_MOVED_TO. The filter drops what is not an input.
-            recursive = fw.folder.recursive or not fw.folder.polling
-            obs.schedule(fw.handler, str(fw.root), recursive=recursive)
-            if obs is not inotify:
-                self.observers.append(obs)
-        for obs in self.observers:
-            obs.start()
 
     def run(self, stop: threading.Event | None = None, *, once: bool = False) -> None:
         """Watch until `stop` is set; with `once`, take what is there now, finish it, return."""
@@ -386,7 +282,7 @@ class Watcher:
             fw.root.mkdir(parents=True, exist_ok=True)
         if not once:
             # Observers first, then the start-up scan: a file landing in between is not lost.
-            self._observe()
+            self.observers = start_observers(fw.events for fw in self.folders)
         try:
             for fw in self.folders:
                 fw.start()
@@ -396,18 +292,12 @@ class Watcher:
             while not stop.is_set():
                 self.wake.clear()  # before the tick: an event during it wakes the next wait
                 for fw in self.folders:
-                    fw.tick(final=once and not len(fw.tracker))
+                    fw.tick(final=once and not len(fw.events))
                 if once and all(fw.idle() for fw in self.folders):
                     return
-                due = [d for fw in self.folders if (d := fw.tracker.next_due()) is not None]
-                if any(fw.outstanding for fw in self.folders):
-                    due.append(JOB_POLL_SECONDS)
+                due = [d for fw in self.folders if (d := fw.next_due()) is not None]
                 self.wake.wait(min([interval, *due]) + 0.005)
         finally:
             for fw in self.folders:
                 fw.close()
-            for obs in self.observers:
-                obs.stop()
-            for obs in self.observers:
-                obs.join(timeout=5)
-            self.observers.clear()
+            stop_observers(self.observers)
