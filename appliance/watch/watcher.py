@@ -2,9 +2,8 @@
 
     event -> settle -> claim              events.py (watchdog, rescans, stability.py, claims.py)
     -> duplicate? -> finish as one        dedupe.py
-    -> submit -> poll                     port.py (the job queue), here
-    -> finish: sidecars, move             outputs.py
-    -> batch digest                       digests.py
+    -> submit -> poll -> finish           here, on the job queue (port.py)
+    -> sidecars, move -> batch digest     outputs.py, digests.py
 
 Completion is noticed by polling the store for this watcher's outstanding claims (one bulk
 query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash the claims in
@@ -161,9 +160,8 @@ class FolderWatcher:
 
     def _submit(self, c: Claim) -> None:
         try:
-            data = c.path.read_bytes()
             c.job_id = self.jobs.submit(
-                data,
+                c.path.read_bytes(),
                 c.rel.name,
                 self.request,
                 batch_id=self.digests.queue_batch(c),
@@ -214,7 +212,6 @@ class FolderWatcher:
             log.warning("claimed file %s vanished; dropping its claim", c.path)
             self._done_with(c)
             return
-        entry: dict[str, Any]
         if view.state == SUCCEEDED and view.result is not None:
             final, text = self.outputs.succeeded(c, view.id, view.result)
             self.dedupe.succeeded(c, view.id, self.outputs.sidecar(c, final))
