@@ -1,17 +1,23 @@
 """Drop folders: cameras and scanners write files, the appliance writes results beside them.
 
-One concern per module, paperless-style, so tests drive each on its own:
+One concern per module, paperless-style, so tests drive each on its own. A file's walk:
 
-- `filters`: which names are ever considered (temp names, our own outputs, include/exclude).
-- `stability`: when a file is complete (size + mtime stable for the settle time and openable,
-  or a `NAME.done` marker / a rename into place).
-- `claims`: exactly-once ownership by atomic rename into `.processing/`, plus a manifest per claim.
-- `outputs`: sidecars, error notes and digests written atomically; done/failed moves.
-- `batches`: files arriving close together form a batch that ends in one digest.
-- `watcher`: the loop (watchdog inotify or polling) that ties them to the job queue and that
-  reconciles `.processing/` with the job store on every start.
+- `events`: watchdog events and rescans become hints; `stability` says when a file is complete
+  (size + mtime stable for the settle time and openable, or a `NAME.done` marker / a rename
+  into place); `filters` says which names are ever considered (temp names, our own outputs,
+  include/exclude).
+- `claims`: exactly-once ownership by atomic rename into `.processing/`, plus a manifest per
+  claim; one watcher per folder (`FolderLock`).
+- `dedupe`: the sha256 index of earlier results (`dedupe_days`) and identical files in flight.
+- `port`: the job queue as the watcher sees it (`service` on JobService, `memory` for tests).
+- `outputs`: sidecars and error notes written atomically; the final move into done/ or failed/.
+- `batches` and `digests`: files arriving close together form a batch that ends in one
+  `batch-<time>.md` digest.
+- `watcher`: the loop that walks each file through the above, one way, and that reconciles
+  `.processing/` with the job store on every start.
 """
 
-from appliance.watch.watcher import FolderWatcher, Watcher
+from appliance.watch.claims import FolderBusy
+from appliance.watch.watcher import FolderWatcher, Watcher, folder_request
 
-__all__ = ["FolderWatcher", "Watcher"]
+__all__ = ["FolderBusy", "FolderWatcher", "Watcher", "folder_request"]

@@ -6,10 +6,14 @@ the original relative path, so a claim survives a crash without any other state.
 `.processing/.claims/` adds the sha256, job id and batch id once known; it is only a cache: the
 job's idempotency key (sha256 + claim name) lets a restarted watcher re-submit a claim and get
 the same job back instead of a second one.
+
+One watcher owns a folder at a time (`FolderLock`): a second one would race the first for the
+claims it is finishing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,13 +21,48 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import quote, unquote
 
+from appliance.errors import ApplianceError
 from appliance.watch.filters import PROCESSING_DIR
 from appliance.watch.outputs import atomic_write
 
 MANIFESTS = ".claims"
 SEPARATOR = "~"
+LOCK = ".lock"
+
+
+class FolderBusy(ApplianceError):
+    """Another watcher process already watches this folder."""
+
+
+class FolderLock:
+    """One watcher per folder: a second one would finish the first one's claims too.
+
+    flock is dropped by the kernel when the holder dies, SIGKILL included, so a crash never
+    leaves the folder locked.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        processing = self.root / PROCESSING_DIR
+        processing.mkdir(parents=True, exist_ok=True)
+        self._fh = open(processing / LOCK, "a+")  # noqa: SIM115  (held until release)
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise FolderBusy(f"another watcher is running on {self.root}") from None
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # releases the flock
+            self._fh = None
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fnmatch import fnmatch, fnmatchcase
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from appliance.settings import DropFolder
 
@@ -71,3 +71,12 @@ def _ignored_name(name: str) -> bool:
     # Case-blind: Windows clients write `X.PART` and `thumbs.db` as often as the canonical form.
     lower = name.lower()
     return any(fnmatchcase(lower, pattern.lower()) for pattern in BUILTIN_IGNORES)
+
+
+def relative(root: Path, path: Path) -> PurePosixPath | None:
+    """`path` relative to the watched folder, in the POSIX form the filter takes; None if
+    it lies outside (an event for a path that was moved away)."""
+    try:
+        return PurePosixPath(path.relative_to(root).as_posix())
+    except ValueError:
+        return None

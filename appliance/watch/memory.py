@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from appliance.schema import TaskRequest
-from appliance.vocab import FAILED, QUEUED, SUCCEEDED
+from appliance.vocab import DONE, FAILED, PENDING, QUEUED, SUCCEEDED
 from appliance.watch.port import BatchView, JobView
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"%PDF", b"II*\x00", b"MM\x00*", b"GIF8", b"RIFF")
@@ -78,7 +78,7 @@ class MemoryJobs:
     def open_batch(self, *, label: str, language: str, digest: bool) -> str:
         with self.lock:
             batch_id = uuid.uuid4().hex
-            self.batches[batch_id] = BatchView(batch_id, "pending" if digest else None)
+            self.batches[batch_id] = BatchView(batch_id, PENDING if digest else None)
             return batch_id
 
     def close_batch(self, batch_id: str) -> None:
@@ -88,9 +88,9 @@ class MemoryJobs:
     def get_batch(self, batch_id: str) -> BatchView | None:
         with self.lock:
             view = self.batches.get(batch_id)
-            pending = view is not None and view.digest_state == "pending"
+            pending = view is not None and view.digest_state == PENDING
             if pending and self.auto and batch_id in self.closed:
                 members = [j for j, b in self.batch_of.items() if b == batch_id]
-                view.digest_state = "done"
+                view.digest_state = DONE
                 view.digest = f"{len(members)} files, all fine"
             return view

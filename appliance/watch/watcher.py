@@ -1,5 +1,9 @@
-"""The watch loop: events and rescans feed the stability tracker; complete files are claimed,
-submitted at bulk priority, and finished from the job store.
+"""The watch loop. A file's walk through it goes one way, each step in its own module:
+
+    event -> settle -> claim              events.py (watchdog, rescans, stability.py, claims.py)
+    -> duplicate? -> finish as one        dedupe.py
+    -> submit -> poll -> finish           here, on the job queue (port.py)
+    -> sidecars, move -> batch digest     outputs.py, digests.py
 
 Completion is noticed by polling the store for this watcher's outstanding claims (one bulk
 query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash the claims in
@@ -8,46 +12,33 @@ query every `JOB_POLL_SECONDS`), not by trusting an event stream: after a crash 
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from pathlib import Path
+from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
-from appliance.vocab import CANCELLED, FAILED, SUCCEEDED
-from appliance.watch.batches import Batch, BatchBook
-from appliance.watch.claims import Claim, claim, load_claims
-from appliance.watch.filters import PathFilter
-from appliance.watch.outputs import Layout, atomic_write, free_name
+from appliance.vocab import FAILED, SUCCEEDED
+from appliance.watch.claims import Claim, FolderBusy, FolderLock, load_claims
+from appliance.watch.dedupe import Dedupe
+from appliance.watch.digests import Digests
+from appliance.watch.events import FolderEvents, start_observers, stop_observers
+from appliance.watch.outputs import Outputs, sidecar_field
 from appliance.watch.port import Jobs, JobView
-from appliance.watch.stability import StabilityTracker
+
+__all__ = ["FolderBusy", "FolderWatcher", "Watcher", "folder_request"]
 
 log = logging.getLogger(__name__)
 
 JOB_POLL_SECONDS = 0.5
-# How long a closed batch waits for its digest before the file is written without it.
-DIGEST_WAIT_SECONDS = 900.0
-INDEX = ".index.jsonl"  # in .processing/: sha256 -> earlier result, for dedupe
-INDEX_PRUNE_SECONDS = 3600.0
-
-
-class FolderBusy(ApplianceError):
-    """Another watcher process already watches this folder."""
 
 
 def folder_request(folder: DropFolder) -> TaskRequest:
+    """The analysis every file of this folder gets."""
     return TaskRequest(
         task=folder.task,  # type: ignore[arg-type]  # validated by TaskRequest itself
         prompt=folder.prompt,
@@ -56,23 +47,6 @@ def folder_request(folder: DropFolder) -> TaskRequest:
         language=folder.language,
         summarize=folder.summarize,
     )
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs in the observer thread: only hands events over, the loop thread does the work."""
-
-    def __init__(self, sink: queue.SimpleQueue[tuple[str, str, str | None, bool]]) -> None:
-        self.sink = sink
-        # Wakes the loop at once, so a file's settle time starts at its last event, not at the
-        # next tick (the Watcher replaces it with its shared one).
-        self.wake = threading.Event()
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        dest = os.fsdecode(event.dest_path) if event.dest_path else None
-        self.sink.put((event.event_type, os.fsdecode(event.src_path), dest, event.is_directory))
-        self.wake.set()
 
 
 class FolderWatcher:
@@ -89,88 +63,50 @@ class FolderWatcher:
         self.root = self.folder.path
         self.jobs = jobs
         self.request = folder_request(folder)
-        self.request_key = self.request.model_dump_json()
-        self.layout = Layout(self.folder)
-        self.filter = PathFilter(self.folder, self.layout.reserved_dirs())
-        self.tracker = StabilityTracker(self.folder.settle_seconds)
-        self.batches = BatchBook(self.root, self.folder.batch_gap_seconds)
-        self.events: queue.SimpleQueue[tuple[str, str, str | None, bool]] = queue.SimpleQueue()
-        self.handler = _Handler(self.events)
+        self.lock = FolderLock(self.root)
+        self.outputs = Outputs(self.folder, self.request)
+        self.events = FolderEvents(self.folder, self.outputs.layout.reserved_dirs())
+        self.dedupe = Dedupe(self.folder, self.request.model_dump_json())
+        self.digests = Digests(self.folder, self.outputs.layout, jobs)
         self.outstanding: dict[str, Claim] = {}  # claim name -> claim
-        self.inflight: dict[str, Claim] = {}  # sha256 -> first claim with that content
-        self.waiting: dict[str, list[Claim]] = {}  # sha256 -> duplicates waiting on inflight
-        self.index: dict[str, dict[str, Any]] = {}
         self.on_submitted = on_submitted
-        self._skip: dict[Path, tuple[int, int]] = {}  # left-in-place originals already done
-        self._last_rescan = 0.0
         self._last_poll = 0.0
-        self._last_index_prune = time.monotonic()
-        self._lock_fh: IO[str] | None = None
 
     # -- start-up and reconciliation ----------------------------------------------------------
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".processing").mkdir(exist_ok=True)
-        self._lock()
-        self._load_index()
+        self.lock.acquire()  # creates the folder and .processing/ first
+        self.dedupe.index.load()
         claims = load_claims(self.root)
-        self.batches.load((c.name, c.batch_id, c.claimed_at) for c in claims if c.batch_id)
+        self.digests.load(claims)
         for c in claims:
             self._resume(c)
         self.rescan()
 
-    def _lock(self) -> None:
-        """One watcher per folder: a second one would finish the first one's claims too.
-
-        flock is dropped by the kernel when the holder dies, SIGKILL included, so a crash
-        never leaves the folder locked.
-        """
-        self._lock_fh = open(self.root / ".processing" / ".lock", "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise FolderBusy(f"another watcher is running on {self.root}") from None
-
     def close(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()  # releases the flock
-            self._lock_fh = None
+        self.lock.release()
 
     def _resume(self, c: Claim) -> None:
         """A claim found on start: finish it, or (re-)submit it. The key makes re-submits safe."""
         if c.sha256 is None or c.size is None:
             c.hash()
         if c.batch_id is None:
-            c.batch_id = self.batches.assign(c.name, c.claimed_at)
+            self.digests.assign(c)
         self.outstanding[c.name] = c
         if c.job_id is None:
             self._dispatch(c)
-        elif self.folder.dedupe and c.sha256:
-            self.inflight.setdefault(c.sha256, c)  # an identical newcomer waits on this one
+        else:
+            self.dedupe.resumed(c)
         # Claims with a job id are checked by the next poll, which also re-submits missing jobs.
 
     def rescan(self) -> None:
         """Walk the folder: files present at start, and whatever events were missed."""
-        self._last_rescan = time.monotonic()
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            rel_dir = PurePosixPath(Path(dirpath).relative_to(self.root).as_posix())
-            if rel_dir.parts and self.filter.dir_ignored(rel_dir):
-                dirnames[:] = []
-                continue
-            dirnames[:] = [d for d in dirnames if not self.filter.dir_ignored(rel_dir / d)]
-            for name in filenames:
-                self._hint(Path(dirpath) / name, rel_dir / name)
+        self.events.rescan()
 
     # -- the loop -----------------------------------------------------------------------------
 
     def tick(self, *, final: bool = False) -> None:
-        self._drain_events()
-        if time.monotonic() - self._last_rescan >= self.folder.rescan_seconds:
-            self.rescan()
-        for path in self.tracker.ready():
+        for path in self.events.complete():
             try:
                 self._take(path)
             except Exception:
@@ -179,76 +115,28 @@ class FolderWatcher:
                 log.exception("taking %s failed", path)
         if self.outstanding and time.monotonic() - self._last_poll >= JOB_POLL_SECONDS:
             self._poll()
-        if time.monotonic() - self._last_index_prune >= INDEX_PRUNE_SECONDS:
-            self._prune_index()
-        self._finish_batches(force=final and not self.outstanding and not len(self.tracker))
+        self.dedupe.index.prune_when_due()
+        self.digests.finish(force=final and not self.outstanding and not len(self.events))
 
     def idle(self) -> bool:
-        return not len(self.tracker) and not self.outstanding and not self.batches.pending()
+        return not len(self.events) and not self.outstanding and not self.digests.pending()
 
-    def _drain_events(self) -> None:
-        while True:
-            try:
-                kind, src, dest, is_dir = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if is_dir:
-                if kind in ("created", "moved") and self.folder.recursive:
-                    self._walk_dir(Path(dest or src))
-                continue
-            if kind == "deleted":
-                self.tracker.forget(Path(src))
-                continue
-            if kind == "moved":
-                self.tracker.forget(Path(src))
-                src_rel = self._rel(Path(src))
-                renamed_in = src_rel is None or not self.filter.accepts(src_rel)
-                self._hint(Path(dest or src), force=self.folder.rename_completes and renamed_in)
-                continue
-            self._hint(Path(src))
+    def next_due(self) -> float | None:
+        """Seconds until this folder has work: a file's settle deadline or the next job poll."""
+        due = self.events.next_due()
+        if self.outstanding:
+            due = JOB_POLL_SECONDS if due is None else min(due, JOB_POLL_SECONDS)
+        return due
 
-    def _walk_dir(self, directory: Path) -> None:
-        for dirpath, _dirs, filenames in os.walk(directory):
-            for name in filenames:
-                self._hint(Path(dirpath) / name)
-
-    def _rel(self, path: Path) -> PurePosixPath | None:
-        try:
-            return PurePosixPath(path.relative_to(self.root).as_posix())
-        except ValueError:
-            return None
-
-    def _hint(self, path: Path, rel: PurePosixPath | None = None, force: bool = False) -> None:
-        rel = rel if rel is not None else self._rel(path)
-        if rel is None:
-            return
-        if self.filter.is_marker(rel):
-            target = path.with_name(rel.name[: -len(self.folder.marker_suffix)])
-            target_rel = rel.with_name(target.name)
-            if self.filter.accepts(target_rel) and target.exists():
-                self.tracker.force(target)
-            elif not target.exists() and not path.exists():
-                return
-            return
-        if not self.filter.accepts(rel):
-            return
-        marker = path.with_name(path.name + self.folder.marker_suffix)
-        if force or (self.folder.marker_suffix and marker.exists()):
-            self.tracker.force(path)
-        else:
-            self.tracker.observe(path)
-
-    # -- taking a file ------------------------------------------------------------------------
+    # -- one file's walk ----------------------------------------------------------------------
 
     def _take(self, path: Path) -> None:
-        if self._already_done(path):
+        if self.outputs.already_done(path):
             return
-        c = claim(self.root, path)
+        c = self.events.claim(path)
         if c is None:
             return
-        if self.folder.marker_suffix:
-            path.with_name(path.name + self.folder.marker_suffix).unlink(missing_ok=True)
-        c.batch_id = self.batches.assign(c.name, c.claimed_at)
+        self.digests.assign(c)
         self.outstanding[c.name] = c
         try:
             c.hash()
@@ -258,51 +146,25 @@ class FolderWatcher:
             return
         self._dispatch(c)
 
-    def _already_done(self, path: Path) -> bool:
-        """Left-in-place mode: an original whose sidecar records this very file is done."""
-        if self.folder.move_done:
-            return False
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        key = (st.st_size, st.st_mtime_ns)
-        if self._skip.get(path) == key:
-            return True
-        sidecar = self.layout.sidecar_dir(self._rel(path) or PurePosixPath(path.name))
-        try:
-            source = json.loads((sidecar / f"{path.name}.json").read_text())["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        if (source.get("size"), source.get("mtime_ns")) == key:
-            self._skip[path] = key
-            return True
-        return False
-
     def _dispatch(self, c: Claim) -> None:
         """Link to an earlier result, wait on an identical in-flight file, or submit."""
         assert c.sha256 is not None
-        if self.folder.dedupe:
-            earlier = self.index.get(c.sha256)
-            if earlier is not None:
-                self._finish_duplicate(c, earlier)
-                return
-            first = self.inflight.get(c.sha256)
-            if first is not None and first.name != c.name:
-                self.waiting.setdefault(c.sha256, []).append(c)
-                c.save()
-                return
-            self.inflight[c.sha256] = c
+        earlier = self.dedupe.earlier(c)
+        if earlier is not None:
+            self._finish_duplicate(c, earlier)
+            return
+        if self.dedupe.wait_behind_twin(c):
+            c.save()  # its hash and batch outlive a restart
+            return
         self._submit(c)
 
     def _submit(self, c: Claim) -> None:
         try:
-            data = c.path.read_bytes()
             c.job_id = self.jobs.submit(
-                data,
+                c.path.read_bytes(),
                 c.rel.name,
                 self.request,
-                batch_id=self._queue_batch(c),
+                batch_id=self.digests.queue_batch(c),
                 idempotency_key=c.idempotency_key,
             )
         except ApplianceError as exc:
@@ -317,13 +179,11 @@ class FolderWatcher:
         if self.on_submitted is not None:
             self.on_submitted(c)
 
-    # -- finishing ----------------------------------------------------------------------------
-
     def _poll(self) -> None:
         self._last_poll = time.monotonic()
         pending = [c for c in self.outstanding.values() if c.job_id]
         for c in list(self.outstanding.values()):
-            if c.job_id is None and not self._is_waiting(c):
+            if c.job_id is None and not self.dedupe.is_waiting(c):
                 self._dispatch(c)  # an earlier submit failed: retry
         if not pending:
             return
@@ -346,266 +206,46 @@ class FolderWatcher:
                     # Disk full or the share went away: keep the claim, retry (paperless #8329).
                     log.exception("finishing %s failed; will retry", c.rel)
 
-    def _is_waiting(self, c: Claim) -> bool:
-        return any(c in group for group in self.waiting.values())
-
     def _finish(self, c: Claim, view: JobView) -> None:
-        rel = c.rel
         if not c.path.exists():
             # Someone removed it from .processing/ by hand: nothing left to place.
             log.warning("claimed file %s vanished; dropping its claim", c.path)
             self._done_with(c)
             return
         if view.state == SUCCEEDED and view.result is not None:
-            final = self._final_path(c, self.layout.done_dir(rel))
-            text = _result_text(view.result)
-            self._write_sidecars(c, final.name, view.id, view.result, text)
-            self._index_add(c, view.id, final.name)
-            entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
+            final, text = self.outputs.succeeded(c, view.id, view.result)
+            self.dedupe.succeeded(c, view.id, self.outputs.sidecar(c, final))
+            entry = {"file": final.name, "text": text}
         else:
-            reason = view.error or (CANCELLED if view.state == CANCELLED else "no result")
-            final = self._final_path(c, self.layout.failed_dir(rel))
-            atomic_write(
-                final.with_name(final.name + ".error.txt"),
-                f"{rel.as_posix()}: {reason}\n\njob: {view.id or '-'}\nstate: {view.state}\n"
-                f"sha256: {c.sha256}\nat: {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
-            )
-            entry = {"file": final.name, "error": reason, "claimed_at": c.claimed_at}
-        self.batches.record(c.batch_id, c.name, entry)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(c.path, final)
-        self._done_with(c)
-        if c.sha256 and self.inflight.get(c.sha256) is c:
-            del self.inflight[c.sha256]
-            for dup in self.waiting.pop(c.sha256, []):
-                earlier = self.index.get(c.sha256)
-                if earlier is not None:
-                    self._finish_duplicate(dup, earlier)
-                else:  # the first one failed: the copy gets its own chance
-                    self._dispatch(dup)
+            final, reason = self.outputs.failed(c, view)
+            entry = {"file": final.name, "error": reason}
+        self._place(c, final, entry)
+        for twin in self.dedupe.release(c):
+            # Finds c's result in the index; if c failed, the twin gets its own chance.
+            self._dispatch(twin)
 
     def _finish_duplicate(self, c: Claim, earlier: dict[str, Any]) -> None:
         """Same content as an earlier success: link to it instead of a second GPU run."""
-        try:
-            payload = json.loads(Path(earlier["json"]).read_text())
-            result = payload["result"]
-        except (OSError, ValueError, KeyError):
+        sidecar = earlier.get("json")
+        result = sidecar_field(Path(sidecar), "result") if sidecar else None
+        if result is None:
             # The earlier sidecar is gone: forget it and run this one for real.
-            self.index.pop(c.sha256 or "", None)
+            self.dedupe.index.forget(c.sha256 or "")
             self._dispatch(c)
             return
-        final = self._final_path(c, self.layout.done_dir(c.rel))
-        text = _result_text(result)
-        self._write_sidecars(
-            c,
-            final.name,
-            earlier.get("job_id", ""),
-            result,
-            text,
-            duplicate_of={"job_id": earlier.get("job_id"), "file": earlier.get("json")},
-        )
-        entry = {"file": final.name, "text": text, "claimed_at": c.claimed_at}
-        self.batches.record(c.batch_id, c.name, entry)
-        os.rename(c.path, final)
-        self._done_with(c)
+        duplicate_of = {"job_id": earlier.get("job_id"), "file": sidecar}
+        final, text = self.outputs.succeeded(c, earlier.get("job_id", ""), result, duplicate_of)
+        self._place(c, final, {"file": final.name, "text": text})
 
-    def _final_path(self, c: Claim, directory: Path) -> Path:
-        """Where the original goes, chosen once and kept in the manifest: after a crash
-        between writing the sidecars and the move, the retry reuses the name (and overwrites
-        its own sidecars) instead of seeing them and picking `x (2).jpg`."""
-        if c.final and Path(c.final).parent == directory:
-            return Path(c.final)
-        final = free_name(directory, c.rel.name)
-        sidecars = self.layout.sidecar_dir(c.rel)
-        n = 2
-        while (sidecars / f"{final.name}.json").exists() or (
-            final.with_name(final.name + ".error.txt").exists()
-        ):
-            stem, dot, ext = c.rel.name.partition(".")
-            final = free_name(directory, f"{stem} ({n}){dot}{ext}")
-            n += 1
-        c.final = str(final)
-        c.save()
-        return final
+    def _place(self, c: Claim, final: Path, entry: dict[str, Any]) -> None:
+        """The batch learns of it before the move: a crash in between re-records, not loses."""
+        self.digests.record(c, entry)
+        self.outputs.place(c, final)
+        self._done_with(c)
 
     def _done_with(self, c: Claim) -> None:
         c.drop_manifest()
         self.outstanding.pop(c.name, None)
-
-    def _write_sidecars(
-        self,
-        c: Claim,
-        final_name: str,
-        job_id: str,
-        result: dict[str, Any],
-        text: str,
-        duplicate_of: dict[str, Any] | None = None,
-    ) -> None:
-        directory = self.layout.sidecar_dir(c.rel)
-        payload: dict[str, Any] = {
-            "file": final_name,
-            "source": {
-                "path": c.rel.as_posix(),
-                "sha256": c.sha256,
-                "size": c.size,
-                "mtime_ns": c.mtime_ns,
-                "claimed_at": c.claimed_at,
-            },
-            "job_id": job_id,
-            "batch_id": c.batch_id,
-            "request": self.request.model_dump(),
-            "model": result.get("model"),
-            "timings": result.get("timings", {}),
-            "result": result,
-        }
-        if duplicate_of is not None:
-            payload["duplicate_of"] = duplicate_of
-        # JSON first: the .txt appearing is the "done" signal people script against.
-        atomic_write(directory / f"{final_name}.json", json.dumps(payload, indent=2, default=str))
-        atomic_write(directory / f"{final_name}.txt", text + "\n")
-
-    # -- dedupe index -------------------------------------------------------------------------
-
-    def _index_path(self) -> Path:
-        return self.root / ".processing" / INDEX
-
-    def _index_cutoff(self) -> float | None:
-        days = self.folder.dedupe_days
-        return None if days is None else time.time() - days * 86400
-
-    def _load_index(self) -> None:
-        path = self._index_path()
-        if not path.exists():
-            return
-        cutoff, kept, dropped = self._index_cutoff(), [], 0
-        for line in path.read_text().splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                dropped += 1
-                continue  # a torn last line after a crash
-            item.setdefault("at", time.time())  # written before entries had a time: from now
-            if cutoff is not None and item["at"] < cutoff:
-                dropped += 1
-                continue
-            kept.append(item)
-            if item.get("request") == self.request_key:
-                self.index.setdefault(item["sha256"], item)
-        if dropped:
-            atomic_write(path, "".join(json.dumps(i) + "\n" for i in kept))
-            log.info("%s: dedupe index: forgot %d old entries", self.root, dropped)
-
-    def _prune_index(self) -> None:
-        """Forget entries older than `dedupe_days`, in memory and in the file."""
-        self._last_index_prune = time.monotonic()
-        cutoff = self._index_cutoff()
-        if cutoff is None or not any(i["at"] < cutoff for i in self.index.values()):
-            return
-        self.index = {}
-        self._load_index()  # rewrites the file without them, and reloads what is left
-
-    def _index_add(self, c: Claim, job_id: str, final_name: str) -> None:
-        if not self.folder.dedupe or not c.sha256:
-            return
-        item = {
-            "sha256": c.sha256,
-            "request": self.request_key,
-            "job_id": job_id,
-            "json": str(self.layout.sidecar_dir(c.rel) / f"{final_name}.json"),
-            "at": time.time(),
-        }
-        self.index.setdefault(c.sha256, item)
-        with open(self._index_path(), "a") as fh:
-            fh.write(json.dumps(item) + "\n")
-
-    # -- batches ------------------------------------------------------------------------------
-
-    def _queue_batch(self, c: Claim) -> str | None:
-        """The queue's batch for this claim's folder batch, opened on first use."""
-        batch = self.batches.batches.get(c.batch_id or "")
-        if batch is None:
-            return None
-        if batch.queue_id is None:
-            batch.queue_id = self.jobs.open_batch(
-                label=f"{self.root}: batch {batch.id}",
-                language=self.folder.language,
-                digest=self.folder.digest,
-            )
-            self.batches.save(batch)
-        return batch.queue_id
-
-    def _finish_batches(self, force: bool = False) -> None:
-        for batch in self.batches.due(force=force):
-            try:
-                if self._close_batch(batch):
-                    self.batches.close(batch)
-            except Exception:
-                log.exception("closing batch %s failed; will retry", batch.id)
-
-    def _close_batch(self, batch: Batch) -> bool:
-        """Close the queue batch, wait for its digest, write `batch-<time>.md`. True when done."""
-        if batch.queue_id and not batch.closed:
-            self.jobs.close_batch(batch.queue_id)
-            batch.closed = True
-            batch.closed_at = time.time()
-            self.batches.save(batch)
-        entries = self.batches.entries(batch.id)
-        if not entries or not self.folder.digest:
-            return True
-        digest, note = None, ""
-        view = self.jobs.get_batch(batch.queue_id) if batch.queue_id else None
-        if view is not None and view.digest_state == "pending":
-            waited = time.time() - (batch.closed_at or time.time())
-            if waited < DIGEST_WAIT_SECONDS:
-                return False  # the summarizer has not run yet: ask again next tick
-            # No worker for the text queue, or it is stuck: the file list is still worth having.
-            note = f"digest not ready after {waited:.0f} s"
-        if view is not None and view.digest:
-            digest = view.digest
-        elif view is not None and view.digest_error:
-            note = f"digest failed: {view.digest_error}"
-        if batch.output is None:
-            stamp = batch.id.rsplit("-", 1)[0]
-            batch.output = str(free_name(self.layout.digest_dir(), f"batch-{stamp}.md"))
-            self.batches.save(batch)
-        atomic_write(Path(batch.output), _digest_markdown(batch, entries, digest, note, self.root))
-        return True
-
-
-def _digest_markdown(
-    batch: Batch, entries: list[dict[str, Any]], digest: str | None, note: str, root: Path
-) -> str:
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(batch.started))
-    failed = sum(1 for e in entries if e.get("error"))
-    lines = [
-        f"# Batch {started}",
-        "",
-        f"{len(entries)} file(s) from `{root}`, {failed} failed.",
-        "",
-    ]
-    if digest:
-        lines += ["## Digest", "", digest.strip(), ""]
-    elif note:
-        lines += [f"_{note}_", ""]
-    lines += ["## Files", ""]
-    for e in entries:
-        if e.get("error"):
-            lines.append(f"- **{e['file']}**: failed: {e['error']}")
-        else:
-            first = (e.get("text") or "").strip().splitlines()
-            lines.append(f"- **{e['file']}**: {first[0] if first else ''}")
-    return "\n".join(lines) + "\n"
-
-
-def _result_text(result: dict[str, Any]) -> str:
-    pages = result.get("pages") or []
-    if len(pages) == 1:
-        text = pages[0].get("text", "")
-    else:
-        text = "\n\n".join(f"[page {p.get('page')}]\n{p.get('text', '')}" for p in pages)
-    if result.get("summary"):
-        text += f"\n\nSummary: {result['summary']}"
-    return text
 
 
 class Watcher:
@@ -624,34 +264,13 @@ class Watcher:
         self.started = threading.Event()
         self.wake = threading.Event()
         for fw in self.folders:
-            fw.handler.wake = self.wake
+            fw.events.handler.wake = self.wake
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Watcher:
         from appliance.watch.service import ServiceJobs
 
         return cls(settings.folders, ServiceJobs.from_settings(settings), **kwargs)
-
-    def _observe(self) -> None:
-        inotify = None
-        for fw in self.folders:
-            if fw.folder.polling:
-                # Network mounts deliver no inotify events for writes made by other clients.
-                obs: Any = PollingObserver(timeout=fw.folder.poll_seconds)
-            else:
-                if inotify is None:
-                    inotify = Observer()
-                    self.observers.append(inotify)
-                obs = inotify
-            # inotify always watches the whole tree: our own claim (root -> .processing/) is then
-            # a paired move delivered at once; unpaired, watchdog holds every later event up to
-            # 0.5 s waiting for its IN_MOVED_TO. The filter drops what is not an input.
-            recursive = fw.folder.recursive or not fw.folder.polling
-            obs.schedule(fw.handler, str(fw.root), recursive=recursive)
-            if obs is not inotify:
-                self.observers.append(obs)
-        for obs in self.observers:
-            obs.start()
 
     def run(self, stop: threading.Event | None = None, *, once: bool = False) -> None:
         """Watch until `stop` is set; with `once`, take what is there now, finish it, return."""
@@ -660,7 +279,7 @@ class Watcher:
             fw.root.mkdir(parents=True, exist_ok=True)
         if not once:
             # Observers first, then the start-up scan: a file landing in between is not lost.
-            self._observe()
+            self.observers = start_observers(fw.events for fw in self.folders)
         try:
             for fw in self.folders:
                 fw.start()
@@ -670,18 +289,12 @@ class Watcher:
             while not stop.is_set():
                 self.wake.clear()  # before the tick: an event during it wakes the next wait
                 for fw in self.folders:
-                    fw.tick(final=once and not len(fw.tracker))
+                    fw.tick(final=once and not len(fw.events))
                 if once and all(fw.idle() for fw in self.folders):
                     return
-                due = [d for fw in self.folders if (d := fw.tracker.next_due()) is not None]
-                if any(fw.outstanding for fw in self.folders):
-                    due.append(JOB_POLL_SECONDS)
+                due = [d for fw in self.folders if (d := fw.next_due()) is not None]
                 self.wake.wait(min([interval, *due]) + 0.005)
         finally:
             for fw in self.folders:
                 fw.close()
-            for obs in self.observers:
-                obs.stop()
-            for obs in self.observers:
-                obs.join(timeout=5)
-            self.observers.clear()
+            stop_observers(self.observers)
