@@ -12,12 +12,12 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from appliance.files import atomic_write
 from appliance.settings import DropFolder
 from appliance.watch import FolderBusy, FolderWatcher, Watcher
 from appliance.watch.claims import claim, load_claims, parse_claim_name
 from appliance.watch.filters import PathFilter
 from appliance.watch.memory import MemoryJobs
-from appliance.watch.outputs import atomic_write
 from appliance.watch.stability import StabilityTracker
 from tests.watch_helpers import claimed, files_in, folder, jpeg, wait_for
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.files import atomic_write
 from appliance.watch.filters import PROCESSING_DIR
-from appliance.watch.outputs import atomic_write
 
 BATCHES = ".batches"
 

@@ -25,8 +25,8 @@ from typing import IO
 from urllib.parse import quote, unquote
 
 from appliance.errors import ApplianceError
+from appliance.files import atomic_write
 from appliance.watch.filters import PROCESSING_DIR
-from appliance.watch.outputs import atomic_write
 
 MANIFESTS = ".claims"
 SEPARATOR = "~"

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.files import atomic_write
 from appliance.settings import DropFolder
 from appliance.watch.claims import Claim
 from appliance.watch.filters import PROCESSING_DIR
-from appliance.watch.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 

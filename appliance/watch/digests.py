@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from appliance.files import atomic_write
 from appliance.settings import DropFolder
 from appliance.vocab import PENDING
 from appliance.watch.batches import Batch, BatchBook
 from appliance.watch.claims import Claim
-from appliance.watch.outputs import Layout, atomic_write, free_name
+from appliance.watch.outputs import Layout, free_name
 from appliance.watch.port import Jobs
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import time
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from appliance.files import atomic_write
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder
 from appliance.vocab import CANCELLED
@@ -26,21 +26,6 @@ from appliance.watch.port import JobView
 
 if TYPE_CHECKING:  # claims.py writes its manifests with atomic_write from here
     from appliance.watch.claims import Claim
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    raw = data.encode() if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def free_name(directory: Path, name: str) -> Path:
