@@ -14,10 +14,7 @@ from typing import IO
 from flask import Request, current_app
 from werkzeug.datastructures import FileStorage
 
-from appliance import intake
-from appliance.errors import ApplianceError, TooManyPages
-from appliance.settings import Limits
-from web.problems import Problem, status_for
+from web.problems import Problem
 
 MAX_NAME = 200
 # Werkzeug's own spool threshold: small parts stay in memory.
@@ -69,18 +66,3 @@ def read_upload(storage: FileStorage, max_bytes: int) -> bytes:
             f"{max_bytes // (1024 * 1024)} MB",
         )
     return data
-
-
-def validate_upload(data: bytes, name: str, limits: Limits) -> None:
-    """Refuse at the door what a worker would fail on: wrong type, damaged, bomb, too many pages.
-
-    Decodes only the first page (JPEGs at reduced size), so a good 200 KB photo costs a few
-    milliseconds; the worker still loads every page under the same limits.
-    """
-    try:
-        kind = intake.sniff(data)
-        if kind in ("pdf", "tiff") and intake.page_count(data) > limits.max_pages:
-            raise TooManyPages(f"more than {limits.max_pages} pages")
-        intake.thumbnail(data, 32, limits=limits)
-    except ApplianceError as exc:
-        raise Problem(status_for(exc), f"{name}: {exc}") from None

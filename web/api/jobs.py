@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
-from appliance.errors import InvalidRequest
+from appliance.errors import IntakeError, InvalidRequest
 from appliance.schema import LANGUAGES, TASKS, TaskRequest
 from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
 from web.api import Blueprint, jobview, results
-from web.problems import Problem
+from web.problems import Problem, status_for
 from web.services import services
-from web.uploads import read_upload, safe_filename, validate_upload
+from web.uploads import read_upload, safe_filename
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Jobs: one per file")
 
@@ -174,12 +174,15 @@ class Jobs(MethodView):
         task = _task_request(form)
         key = _idempotency_key()
         jobview.check_queue_capacity(svc, len(uploads))
-        # Read and sniff every file first: one bad file rejects the request before any job exists.
+        # Read and check every file first: one bad file rejects the request before any job exists.
         payloads = []
         for storage in uploads:
             data = read_upload(storage, svc.settings.limits.max_bytes)
             name = safe_filename(storage.filename)
-            validate_upload(data, name, svc.settings.limits)
+            try:
+                intake.precheck(data, svc.settings.limits)
+            except IntakeError as exc:
+                raise Problem(status_for(exc), f"{name}: {exc}") from None
             payloads.append((data, name))
         batch_id = form["batch"]
         if batch_id is None and len(payloads) > 1:
@@ -279,17 +282,6 @@ class Result(MethodView):
         return resp
 
 
-_IMAGE_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "bmp": "image/bmp",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-    "pdf": "application/pdf",
-}
-
-
 @blp.route("/<job_id>/image")
 class Image(MethodView):
     @blp.arguments(ImageQuerySchema, location="query")
@@ -303,7 +295,7 @@ class Image(MethodView):
         data = svc.jobs.input_file(job_id).read_bytes()
         kind = intake.sniff(data)
         if query["variant"] == "original":
-            resp = Response(data, mimetype=_IMAGE_TYPES[kind])
+            resp = Response(data, mimetype=intake.MIME_TYPES[kind])
             # Never rendered inline as anything but what it is: no sniffing into HTML.
             resp.headers["X-Content-Type-Options"] = "nosniff"
             resp.headers["Content-Security-Policy"] = "sandbox"

@@ -21,10 +21,8 @@ from appliance.errors import (
     IntakeError,
     InvalidRequest,
     JobStateConflict,
-    TooManyPages,
 )
 from appliance.schema import TaskRequest
-from appliance.settings import Limits
 from appliance.vocab import (
     ACTIVE,
     FAILED,
@@ -49,21 +47,6 @@ _END = object()
 # Short: a write is how a thread notices its browser left, and gunicorn's graceful stop waits
 # for every open stream to end.
 _KEEPALIVE_SECONDS = 5.0
-
-
-def precheck(data: bytes, limits: Limits) -> int:
-    """The cheap intake check before a job exists; the page count. Raises `IntakeError`.
-
-    Sniffs the type, counts pages without rendering, and decodes only the first page (JPEG at
-    reduced scale): enough to refuse bombs, damaged files and 900-page PDFs with their reason
-    on the spot, instead of as a failed job minutes later.
-    """
-    intake.sniff(data)
-    pages = intake.page_count(data)
-    if pages > limits.max_pages:
-        raise TooManyPages(f"the file has {pages} pages; the limit is {limits.max_pages}")
-    intake.thumbnail(data, 64, limits=limits)
-    return pages
 
 
 def _scoped_id(kind: str, client_value: str) -> str | None:
@@ -115,7 +98,7 @@ def upload() -> Response:
     try:
         task = _task_request(request.form)
         data = read_upload(storage, limits.max_bytes)
-        pages = precheck(data, limits)
+        pages = intake.precheck(data, limits).pages
         batch_id = _scoped_id("batch", request.form.get("batch", ""))
         key = _scoped_id("upload", request.form.get("key", ""))
     except IntakeError as exc:
