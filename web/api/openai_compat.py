@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, g
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -25,6 +24,7 @@ from appliance.errors import ApplianceError, ModelError
 from appliance.registry import ModelRegistry
 from appliance.schema import TaskRequest
 from appliance.vocab import INTERACTIVE
+from web import sse
 from web.api import jobview
 from web.problems import Problem
 from web.services import services
@@ -237,11 +237,7 @@ class ChatCompletions(MethodView):
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             stream = _stream(svc, job_ids, timeout, completion_id, created, model, include_usage)
-            return Response(
-                stream,
-                mimetype="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return sse.response(stream)
         jobs = jobview.wait_all(svc.jobs, job_ids, timeout, cancel_on_timeout=True)
         content, tokens = _answer(svc, jobs)
         return {
@@ -277,11 +273,6 @@ def _answer(svc: Any, jobs: list[Any]) -> tuple[str, int]:
     return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), tokens
 
 
-def _sse(obj: dict[str, Any] | str) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
-    return f"data: {data}\n\n"
-
-
 def _stream(
     svc: Any,
     job_ids: list[str],
@@ -292,7 +283,7 @@ def _stream(
     include_usage: bool,
 ) -> Iterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return _sse(
+        return sse.message(
             {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -310,19 +301,21 @@ def _stream(
         if budget <= 0:
             for job_id in job_ids:
                 jobview.cancel_quietly(svc.jobs, job_id)
-            yield _sse({"error": {"message": "timed out waiting for the job", "type": "timeout"}})
+            yield sse.message(
+                {"error": {"message": "timed out waiting for the job", "type": "timeout"}}
+            )
             return
         try:
             jobs = jobview.wait_all(svc.jobs, job_ids, budget)
         except Problem as exc:
             if exc.status != 504:
-                yield _sse({"error": {"message": exc.detail, "type": "job_failed"}})
+                yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
                 return
-            yield ": keep-alive\n\n"
+            yield sse.KEEPALIVE
     try:
         content, tokens = _answer(svc, jobs)
     except Problem as exc:
-        yield _sse({"error": {"message": exc.detail, "type": "job_failed"}})
+        yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
         return
     # The queue returns the whole answer at once; send it word by word so clients render a
     # stream as they would from a token-by-token server.
@@ -331,7 +324,7 @@ def _stream(
     yield chunk({}, "stop")
     if include_usage:
         usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
-        yield _sse(
+        yield sse.message(
             {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
@@ -341,4 +334,4 @@ def _stream(
                 "usage": usage,
             }
         )
-    yield _sse("[DONE]")
+    yield sse.message("[DONE]")

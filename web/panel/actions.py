@@ -32,6 +32,7 @@ from appliance.vocab import (
     RUNNING,
     TERMINAL,
 )
+from web import sse
 from web.panel import bp, queries
 from web.panel.auth import current_user
 from web.panel.handles import jobs_service, settings
@@ -209,12 +210,12 @@ def _stream(user: Any, seconds: float) -> Iterator[str]:
     The store is the truth; the event feed is only the doorbell.
     """
     deadline = time.monotonic() + seconds
-    yield "retry: 1000\n\n"
+    yield sse.RETRY
     last: dict[str, str] = {}
     current = _queue(user)
     for job in current:
         last[job["id"]] = _fingerprint(job)
-    yield f"event: snapshot\ndata: {json.dumps({'jobs': current})}\n\n"
+    yield sse.message({"jobs": current}, event="snapshot", compact=False)
     feed = _feed(user, seconds)
     quiet_since = time.monotonic()
     try:
@@ -228,12 +229,12 @@ def _stream(user: Any, seconds: float) -> Iterator[str]:
                     last[job["id"]] = fp
                     changed.append(job)
             for job in changed:
-                yield f"event: job\ndata: {json.dumps(job)}\n\n"
+                yield sse.message(job, event="job", compact=False)
             if changed:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > _KEEPALIVE_SECONDS:
                 quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield sse.KEEPALIVE
     finally:
         close = getattr(feed, "close", None)
         if close:
@@ -261,12 +262,8 @@ def _feed(user: Any, seconds: float) -> Iterator[Any]:
 @bp.route("/events")
 def events() -> Response:
     seconds = settings().panel.events_max_seconds
-    return Response(
-        # The stream outlives the view: keep the request (url_for, current_app) around for it.
-        stream_with_context(_stream(current_user(), seconds)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    # The stream outlives the view: keep the request (url_for, current_app) around for it.
+    return sse.response(stream_with_context(_stream(current_user(), seconds)))
 
 
 def _own_or_404(job_id: str) -> JobInfo:
