@@ -10,12 +10,11 @@ import marshmallow as ma
 from flask import Response, g, request
 from flask.views import MethodView
 from flask_smorest.fields import Upload
-from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
-from appliance.errors import IntakeError, InvalidRequest
-from appliance.schema import LANGUAGES, TASKS, TaskRequest
+from appliance.errors import IntakeError
+from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
 from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
 from web.api import Blueprint, jobview, results
 from web.problems import Problem, status_for
@@ -28,16 +27,12 @@ _BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,36}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-def _csv_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 class SubmitSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     task = ma.fields.String(load_default="caption", validate=ma.validate.OneOf(TASKS))
-    prompt = ma.fields.String(load_default=None, validate=ma.validate.Length(max=4000))
+    prompt = ma.fields.String(load_default=None, validate=ma.validate.Length(max=MAX_PROMPT_CHARS))
     labels = ma.fields.String(
         load_default="", metadata={"description": "comma-separated labels (classify)"}
     )
@@ -131,23 +126,6 @@ class ImageQuerySchema(ma.Schema):
     size = ma.fields.Integer(load_default=256, validate=ma.validate.Range(16, 1024))
 
 
-def _task_request(form: dict[str, Any]) -> TaskRequest:
-    try:
-        return TaskRequest(
-            task=form["task"],
-            prompt=form["prompt"],
-            labels=_csv_list(form["labels"]),
-            fields=_csv_list(form["fields"]),
-            summarize=form["summarize"],
-            language=form["language"],
-            max_new_tokens=form["max_new_tokens"],
-        )
-    except ValidationError as exc:
-        raise Problem(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
-    except InvalidRequest as exc:
-        raise Problem(422, str(exc)) from None
-
-
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -171,7 +149,7 @@ class Jobs(MethodView):
             raise Problem(422, "send one or more multipart *file* parts named 'file'")
         if len(uploads) > svc.settings.api.max_files:
             raise Problem(413, f"at most {svc.settings.api.max_files} files per request")
-        task = _task_request(form)
+        task = request_from_fields(form)  # an InvalidRequest is a 422 problem
         key = _idempotency_key()
         jobview.check_queue_capacity(svc, len(uploads))
         # Read and check every file first: one bad file rejects the request before any job exists.

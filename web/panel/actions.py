@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, abort, jsonify, request, stream_with_context, url_for
-from pydantic import ValidationError
 
 from appliance import intake
 from appliance.errors import (
@@ -22,7 +21,7 @@ from appliance.errors import (
     InvalidRequest,
     JobStateConflict,
 )
-from appliance.schema import TaskRequest
+from appliance.schema import request_from_fields
 from appliance.vocab import (
     ACTIVE,
     FAILED,
@@ -48,6 +47,8 @@ _END = object()
 # Short: a write is how a thread notices its browser left, and gunicorn's graceful stop waits
 # for every open stream to end.
 _KEEPALIVE_SECONDS = 5.0
+# What the upload form may set (no token limits or sampling: those are the API's).
+_FORM_FIELDS = ("task", "prompt", "labels", "fields", "summarize", "language")
 
 
 def _scoped_id(kind: str, client_value: str) -> str | None:
@@ -65,23 +66,6 @@ def _scoped_id(kind: str, client_value: str) -> str | None:
     return str(uuid.UUID(bytes=digest.digest()[:16]))
 
 
-def _task_request(form: Any) -> TaskRequest:
-    def split(name: str) -> list[str]:
-        return [v.strip() for v in form.get(name, "").split(",") if v.strip()]
-
-    try:
-        return TaskRequest(
-            task=form.get("task", "caption"),
-            prompt=form.get("prompt", "").strip()[:4000] or None,
-            labels=split("labels"),
-            fields=split("fields"),
-            summarize=form.get("summarize") in ("1", "true", "on"),
-            language=form.get("language", "en"),
-        )
-    except ValidationError as exc:
-        raise InvalidRequest("; ".join(str(e["msg"]) for e in exc.errors())) from None
-
-
 def _reject(status: int, detail: str) -> Response:
     resp = jsonify({"status": status, "detail": detail})
     resp.status_code = status
@@ -97,7 +81,7 @@ def upload() -> Response:
     name = safe_filename(storage.filename)
     limits = settings().limits
     try:
-        task = _task_request(request.form)
+        task = request_from_fields({k: request.form.get(k) for k in _FORM_FIELDS})
         data = read_upload(storage, limits.max_bytes)
         pages = intake.precheck(data, limits).pages
         batch_id = _scoped_id("batch", request.form.get("batch", ""))
