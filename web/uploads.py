@@ -1,4 +1,5 @@
-"""Upload handling: where Werkzeug spools multipart files, and what a client filename may be.
+"""Upload handling: where Werkzeug spools multipart files, what a client filename may be, and
+reading a part through the intake pre-check.
 
 A client filename is only ever a *label* (shown in listings, used in result downloads); files
 are stored by the job store under names it makes itself. Still, the label is cleaned here so
@@ -14,7 +15,11 @@ from typing import IO
 from flask import Request, current_app
 from werkzeug.datastructures import FileStorage
 
-from web.problems import Problem
+from appliance import intake
+from appliance.errors import IntakeError
+from appliance.intake import Checked
+from appliance.settings import Limits
+from web.problems import Problem, status_for
 
 MAX_NAME = 200
 # Werkzeug's own spool threshold: small parts stay in memory.
@@ -66,3 +71,19 @@ def read_upload(storage: FileStorage, max_bytes: int) -> bytes:
             f"{max_bytes // (1024 * 1024)} MB",
         )
     return data
+
+
+def checked_upload(
+    storage: FileStorage, limits: Limits, *, status: int | None = None
+) -> tuple[bytes, str, Checked]:
+    """The part's bytes, its cleaned name and what `intake.precheck` found.
+
+    A refused file is a `Problem` naming it, with the status `status_for` gives its error
+    (413, 415, 400), or `status` where the caller answers one for all (the panel's 422).
+    """
+    data = read_upload(storage, limits.max_bytes)
+    name = safe_filename(storage.filename)
+    try:
+        return data, name, intake.precheck(data, limits)
+    except IntakeError as exc:
+        raise Problem(status or status_for(exc), f"{name}: {exc}") from None

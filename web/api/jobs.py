@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import marshmallow as ma
@@ -13,13 +12,12 @@ from flask_smorest.fields import Upload
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
-from appliance.errors import IntakeError
 from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
 from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
 from web.api import Blueprint, jobview, results
-from web.problems import Problem, status_for
+from web.problems import Problem
 from web.services import services
-from web.uploads import read_upload, safe_filename
+from web.uploads import checked_upload
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Jobs: one per file")
 
@@ -155,34 +153,20 @@ class Jobs(MethodView):
         # Read and check every file first: one bad file rejects the request before any job exists.
         payloads = []
         for storage in uploads:
-            data = read_upload(storage, svc.settings.limits.max_bytes)
-            name = safe_filename(storage.filename)
-            try:
-                intake.precheck(data, svc.settings.limits)
-            except IntakeError as exc:
-                raise Problem(status_for(exc), f"{name}: {exc}") from None
+            data, name, _ = checked_upload(storage, svc.settings.limits)
             payloads.append((data, name))
-        batch_id = form["batch"]
-        if batch_id is None and len(payloads) > 1:
-            # A retried request (same Idempotency-Key) must name the same batch.
-            batch_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4())
-        created = []
-        for index, (data, name) in enumerate(payloads):
-            job = svc.jobs.submit(
-                data,
-                name,
-                task,
-                source="api",
-                priority=form["priority"],
-                batch_id=batch_id,
-                idempotency_key=f"{key}:{index}" if key else None,
-                owner=g.principal.name,
-            )
-            created.append(jobview.to_dict(job))
-        if batch_id is not None and form["batch"] is None:
-            # A batch made for this request is complete: let its digest be made.
-            svc.jobs.close_batch(batch_id)
-        return {"batch_id": batch_id, "jobs": created}, 201
+        # A batch named with `batch=` stays open (POST /batches/ID/close); one made for several
+        # files is closed at once, and a retried request (same Idempotency-Key) names it again.
+        done = svc.jobs.submit_many(
+            payloads,
+            task,
+            source="api",
+            owner=g.principal.name,
+            priority=form["priority"],
+            idempotency_key=key,
+            batch_id=form["batch"],
+        )
+        return {"batch_id": done.batch_id, "jobs": [jobview.to_dict(j) for j in done.jobs]}, 201
 
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)

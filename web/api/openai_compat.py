@@ -20,7 +20,7 @@ from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from appliance.errors import ApplianceError, ModelError
+from appliance.errors import ApplianceError, JobNotFound, ModelError
 from appliance.registry import ModelRegistry
 from appliance.schema import TaskRequest
 from appliance.vocab import INTERACTIVE
@@ -217,19 +217,15 @@ class ChatCompletions(MethodView):
             raise _bad(str(exc)) from None
         jobview.check_queue_capacity(svc, len(images))
         owner = getattr(g, "principal", None)
-        job_ids = [
-            jobview.job_id(
-                svc.jobs.submit(
-                    data,
-                    f"chat-image-{index + 1}",
-                    request,
-                    source="api",
-                    priority=INTERACTIVE,
-                    owner=owner.name if owner else None,
-                )
-            )
-            for index, data in enumerate(images)
-        ]
+        done = svc.jobs.submit_many(
+            [(data, f"chat-image-{index + 1}") for index, data in enumerate(images)],
+            request,
+            source="api",
+            owner=owner.name if owner else None,
+            priority=INTERACTIVE,
+            grouped=False,  # one answer, no digest: the images are not a batch
+        )
+        job_ids = [job.id for job in done.jobs]
         model = body.get("model") or _vision_model_name()
         completion_id = f"chatcmpl-{job_ids[0]}"
         created = int(time.time())
@@ -252,7 +248,7 @@ class ChatCompletions(MethodView):
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "usage": _usage(tokens),
         }
 
 
@@ -273,6 +269,11 @@ def _answer(svc: Any, jobs: list[Any]) -> tuple[str, int]:
     return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), tokens
 
 
+def _usage(tokens: int) -> dict[str, int]:
+    # Workers report the tokens they generate; the prompt (an image) is not counted.
+    return {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
+
+
 def _stream(
     svc: Any,
     job_ids: list[str],
@@ -282,21 +283,16 @@ def _stream(
     model: str,
     include_usage: bool,
 ) -> Iterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return sse.message(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-        )
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
+        return sse.message({**head, "model": model, "choices": choices, **extra})
 
-    yield chunk({"role": "assistant", "content": ""})
+    def delta(content: dict[str, Any], finish: str | None = None) -> str:
+        return chunk([{"index": 0, "delta": content, "finish_reason": finish}])
+
+    yield delta({"role": "assistant", "content": ""})
     deadline = time.monotonic() + timeout
-    jobs = None
-    while jobs is None:
+    while True:
         budget = min(_KEEPALIVE_SECONDS, deadline - time.monotonic())
         if budget <= 0:
             for job_id in job_ids:
@@ -306,12 +302,13 @@ def _stream(
             )
             return
         try:
-            jobs = jobview.wait_all(svc.jobs, job_ids, budget)
-        except Problem as exc:
-            if exc.status != 504:
-                yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
-                return
-            yield sse.KEEPALIVE
+            jobs = svc.jobs.wait(job_ids, timeout=budget, poll_s=0.5)
+        except JobNotFound as exc:
+            yield sse.message({"error": {"message": str(exc), "type": "job_failed"}})
+            return
+        if all(job.done for job in jobs):
+            break
+        yield sse.KEEPALIVE
     try:
         content, tokens = _answer(svc, jobs)
     except Problem as exc:
@@ -320,18 +317,8 @@ def _stream(
     # The queue returns the whole answer at once; send it word by word so clients render a
     # stream as they would from a token-by-token server.
     for piece in re.findall(r"\S+\s*|\s+", content):
-        yield chunk({"content": piece})
-    yield chunk({}, "stop")
+        yield delta({"content": piece})
+    yield delta({}, "stop")
     if include_usage:
-        usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
-        yield sse.message(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-        )
+        yield chunk([], usage=_usage(tokens))
     yield sse.message("[DONE]")

@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, abort, jsonify, request, stream_with_context, url_for
 
-from appliance import intake
 from appliance.errors import (
     ApplianceError,
-    IntakeError,
     InvalidRequest,
     JobStateConflict,
 )
@@ -36,7 +34,7 @@ from web.panel import bp, queries
 from web.panel.auth import current_user
 from web.panel.handles import jobs_service, settings
 from web.problems import Problem
-from web.uploads import read_upload, safe_filename
+from web.uploads import checked_upload
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo
@@ -78,44 +76,32 @@ def upload() -> Response:
     storage = request.files.get("file")
     if storage is None:
         return _reject(422, "no file in the request")
-    name = safe_filename(storage.filename)
-    limits = settings().limits
     try:
         task = request_from_fields({k: request.form.get(k) for k in _FORM_FIELDS})
-        data = read_upload(storage, limits.max_bytes)
-        pages = intake.precheck(data, limits).pages
+        data, name, checked = checked_upload(storage, settings().limits, status=422)
         batch_id = _scoped_id("batch", request.form.get("batch", ""))
         key = _scoped_id("upload", request.form.get("key", ""))
-    except IntakeError as exc:
-        return _reject(422, f"{name}: {exc}")
     except ApplianceError as exc:
         return _reject(422, str(exc))
-    except Problem as exc:  # read_upload: larger than the limit
+    except Problem as exc:  # the file: too large, or refused by the pre-check
         return _reject(exc.status, exc.detail)
     service = jobs_service()
     owner = current_user().name
-    if batch_id is not None:
-        # Files dropped together get one digest; opening is idempotent (same id per drop).
-        service.open_batch(
-            source="panel",
-            owner=owner,
-            label=f"panel upload by {owner}",
-            language=task.language,
-            digest=True,
-            batch_id=batch_id,
-        )
-    job = service.submit(
-        data,
-        name,
+    # Files dropped together get one batch and one digest; the browser closes it after the
+    # last file (close_batch below), so every request of the drop names the same id.
+    done = service.submit_many(
+        [(data, name)],
         task,
         source="panel",
-        priority=INTERACTIVE,
-        batch_id=batch_id,
-        idempotency_key=key,
         owner=owner,
+        priority=INTERACTIVE,
+        idempotency_key=key,
+        batch_id=batch_id,
+        label=f"panel upload by {owner}",
+        digest=True,
     )
-    body = panel_job(job, service.lane_positions())
-    body["pages"] = pages
+    body = panel_job(done.jobs[0], service.lane_positions())
+    body["pages"] = checked.pages
     return jsonify({"job": body}), 201  # type: ignore[return-value]
 
 
