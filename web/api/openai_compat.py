@@ -1,15 +1,13 @@
 """OpenAI-compatible chat completions, routed through the job queue like every other request.
 
-Only what vision clients use: the images (as `data:` URLs: the box is offline, it cannot fetch
-`https://` images) of the latest user message that has any, and the text of the last user
-message as the question. Each image becomes one `interactive` job with source `api`; the view
-waits for it, so these requests share the GPUs fairly with uploads and drop folders.
+`openai_messages` reads what a request carries: the images of the latest user message that has
+any, and the last user message's text as the question. Each image becomes one `interactive` job
+with source `api`; the view waits for them, so these requests share the GPUs fairly with
+uploads and drop folders.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from appliance.schema import TaskRequest
 from appliance.vocab import INTERACTIVE
 from web import sse
 from web.api import jobview
+from web.api.openai_messages import bad_request, parse_messages
 from web.problems import Problem
 from web.services import services
 
@@ -36,9 +35,6 @@ blp = Blueprint(
     description="OpenAI-compatible chat completions (vision), routed through the job queue",
 )
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S
-)
 # How often an idle stream says it is alive, so proxies do not cut it.
 _KEEPALIVE_SECONDS = 10.0
 
@@ -103,67 +99,6 @@ class ModelListSchema(ma.Schema):
     data = ma.fields.List(ma.fields.Nested(ModelSchema))
 
 
-def _bad(detail: str, code: str = "invalid_request_error") -> Problem:
-    # The `error` member is what OpenAI clients read; the rest is RFC 9457.
-    return Problem(400, detail, error={"message": detail, "type": code, "code": None})
-
-
-def _decode_image(url: Any, max_bytes: int) -> bytes:
-    if not isinstance(url, str):
-        raise _bad("image_url.url must be a string")
-    if not url.startswith("data:"):
-        raise _bad("only data: image URLs are supported (this appliance has no internet access)")
-    match = _DATA_URL.match(url)
-    if not match:
-        raise _bad("image_url must be a base64 data: URL (data:image/png;base64,...)")
-    payload = match.group("data")
-    if len(payload) > max_bytes * 4 // 3 + 4:
-        raise Problem(413, f"image is larger than {max_bytes // (1024 * 1024)} MB")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad("image_url data is not valid base64") from None
-
-
-def parse_messages(
-    messages: list[dict[str, Any]], max_images: int, max_bytes: int
-) -> tuple[list[bytes], str]:
-    """The images of the latest user message that has any, and the last user message's text."""
-    images: list[bytes] = []
-    text = ""
-    text_found = False
-    for message in reversed(messages):
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        parts: list[Any] = (
-            [{"type": "text", "text": content}] if isinstance(content, str) else content
-        )
-        if not isinstance(parts, list):
-            raise _bad("message content must be a string or a list of parts")
-        found: list[bytes] = []
-        texts: list[str] = []
-        for part in parts:
-            if not isinstance(part, dict):
-                raise _bad("each content part must be an object")
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif part.get("type") == "image_url":
-                image_url = part.get("image_url")
-                url = image_url.get("url") if isinstance(image_url, dict) else image_url
-                found.append(_decode_image(url, max_bytes))
-        if not text_found:
-            text, text_found = "\n".join(t for t in texts if t.strip()), True
-        if found and not images:
-            images = found
-            break
-    if not images:
-        raise _bad("no image in the conversation: send an image_url part with a data: URL")
-    if len(images) > max_images:
-        raise Problem(413, f"at most {max_images} images per request")
-    return images, text.strip()
-
-
 def _vision_model_name() -> str:
     settings = services().settings
     try:
@@ -214,7 +149,7 @@ class ChatCompletions(MethodView):
                 seed=body.get("seed"),
             )
         except ApplianceError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         jobview.check_queue_capacity(svc, len(images))
         owner = getattr(g, "principal", None)
         done = svc.jobs.submit_many(
