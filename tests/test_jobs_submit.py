@@ -15,7 +15,7 @@ from appliance.jobs import JobService
 from appliance.schema import TaskRequest, request_from_fields
 from appliance.settings import load_settings
 from appliance.store.tables import Batch, Job
-from appliance.vocab import QUEUED, SUCCEEDED
+from appliance.vocab import INTERACTIVE, QUEUED, SUCCEEDED
 
 CAPTION = TaskRequest(task="caption", max_new_tokens=4)
 
@@ -44,7 +44,7 @@ def test_one_file_makes_no_batch_and_a_retry_returns_the_same_job(service: JobSe
     again = service.submit_many(files(1), CAPTION, source="api", owner="ana", idempotency_key="k")
     assert first.batch_id is None and first.jobs[0].batch_id is None
     assert [j.id for j in again.jobs] == [j.id for j in first.jobs]
-    assert first.jobs[0].state == QUEUED and first.jobs[0].priority == "interactive"
+    assert first.jobs[0].state == QUEUED and first.jobs[0].priority == INTERACTIVE
 
 
 def test_several_files_make_one_closed_batch_named_by_the_key(service: JobService) -> None:

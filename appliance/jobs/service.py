@@ -174,7 +174,7 @@ class JobService(Submitting):
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         if not changed:
-            raise JobStateConflict(f"job {job_id} is {row.state}; only queued or running jobs")
+            raise JobStateConflict(f"job {job_id} already ended ({row.state})")
         if row.worker:  # it may be running there: stop the generation now, not at a heartbeat
             self.broker.send_cancel(row.worker, row.id)
         self.backend.job_ended(row.batch_id)
@@ -186,7 +186,9 @@ class JobService(Submitting):
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         if not changed:
-            raise JobStateConflict(f"job {job_id} is {row.state}; only failed or cancelled jobs")
+            raise JobStateConflict(
+                f"only failed or cancelled jobs can be retried; this one is {row.state}"
+            )
         self.broker.send_job(row.id, row.priority)
         return JobInfo.from_row(row)
 

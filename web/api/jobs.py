@@ -13,7 +13,7 @@ from werkzeug.datastructures import FileStorage
 
 from appliance import intake
 from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
-from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
+from appliance.vocab import INTERACTIVE, PRIORITIES, SOURCES, STATES, SUCCEEDED
 from web.api import Blueprint, jobview, results
 from web.problems import Problem
 from web.services import services
@@ -198,11 +198,8 @@ class Cancel(MethodView):
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (409 if it already ended)."""
         jobs = services().jobs
-        job = jobview.get_or_404(jobs, job_id)
-        if job.state in TERMINAL:
-            raise Problem(409, f"job {job_id} already ended ({job.state})")
-        jobs.cancel(job_id)
-        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+        jobview.get_or_404(jobs, job_id)
+        return jobview.to_dict(jobs.cancel(job_id))  # a JobStateConflict is a 409 problem
 
 
 @blp.route("/<job_id>/retry")
@@ -211,13 +208,8 @@ class Retry(MethodView):
     def post(self, job_id: str) -> dict[str, Any]:
         """Run a failed or cancelled job again (409 otherwise)."""
         jobs = services().jobs
-        job = jobview.get_or_404(jobs, job_id)
-        if job.state not in RETRYABLE:
-            raise Problem(
-                409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
-            )
-        jobs.retry(job_id)
-        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+        jobview.get_or_404(jobs, job_id)
+        return jobview.to_dict(jobs.retry(job_id))  # a JobStateConflict is a 409 problem
 
 
 @blp.route("/<job_id>/result")

@@ -245,26 +245,19 @@ def _own_or_404(job_id: str) -> JobInfo:
 
 @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
 def cancel(job_id: str) -> Response:
-    job = _own_or_404(job_id)
-    if job.state in TERMINAL:
-        return _reject(409, f"the job already ended ({job.state})")
+    _own_or_404(job_id)
     try:
-        jobs_service().cancel(job_id)
-    except JobStateConflict as exc:  # it ended between our read and the cancel
+        job = jobs_service().cancel(job_id)
+    except JobStateConflict as exc:  # it already ended
         return _reject(409, str(exc))
-    return jsonify({"job": panel_job(_own_or_404(job_id), {})})
+    return jsonify({"job": panel_job(job, {})})
 
 
 @bp.route("/jobs/<job_id>/retry", methods=["POST"])
 def retry(job_id: str) -> Response:
-    job = _own_or_404(job_id)
-    if job.state not in RETRYABLE:
-        return _reject(
-            409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
-        )
+    _own_or_404(job_id)
     try:
-        jobs_service().retry(job_id)
-    except JobStateConflict as exc:
+        job = jobs_service().retry(job_id)
+    except JobStateConflict as exc:  # only failed or cancelled jobs run again
         return _reject(409, str(exc))
-    positions = jobs_service().lane_positions()
-    return jsonify({"job": panel_job(_own_or_404(job_id), positions)})
+    return jsonify({"job": panel_job(job, jobs_service().lane_positions())})
