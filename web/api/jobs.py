@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import marshmallow as ma
 from flask import Response, g, request
@@ -18,6 +18,9 @@ from web.api import Blueprint, jobview, results
 from web.problems import Problem
 from web.services import services
 from web.uploads import checked_upload
+
+if TYPE_CHECKING:
+    from appliance.jobs import JobService
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Jobs: one per file")
 
@@ -192,14 +195,20 @@ class Job(MethodView):
         return jobview.to_dict(jobview.get_or_404(services().jobs, job_id))
 
 
+def _known(job_id: str) -> JobService:
+    """The job service once the job is known to exist (else 404); what the service then
+    refuses (cancel an ended job, retry a queued one) is a 409 problem (JobStateConflict)."""
+    jobs = services().jobs
+    jobview.get_or_404(jobs, job_id)
+    return jobs
+
+
 @blp.route("/<job_id>/cancel")
 class Cancel(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (409 if it already ended)."""
-        jobs = services().jobs
-        jobview.get_or_404(jobs, job_id)
-        return jobview.to_dict(jobs.cancel(job_id))  # a JobStateConflict is a 409 problem
+        return jobview.to_dict(_known(job_id).cancel(job_id))
 
 
 @blp.route("/<job_id>/retry")
@@ -207,9 +216,7 @@ class Retry(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict[str, Any]:
         """Run a failed or cancelled job again (409 otherwise)."""
-        jobs = services().jobs
-        jobview.get_or_404(jobs, job_id)
-        return jobview.to_dict(jobs.retry(job_id))  # a JobStateConflict is a 409 problem
+        return jobview.to_dict(_known(job_id).retry(job_id))
 
 
 @blp.route("/<job_id>/result")
