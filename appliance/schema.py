@@ -6,9 +6,10 @@ means the same thing wherever it came from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from appliance.errors import InvalidRequest
 
@@ -26,6 +27,9 @@ LANGUAGES: dict[str, str] = {
     "es": "Spanish",
     "th": "Thai",
 }
+
+# A longer prompt is cut: it would only crowd the image out of the model's context.
+MAX_PROMPT_CHARS = 4000
 
 
 class TaskRequest(BaseModel):
@@ -57,6 +61,36 @@ class TaskRequest(BaseModel):
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one padded `generate_batch` call."""
         return (self.max_new_tokens, self.temperature, self.seed)
+
+
+# Fields a form may set as they are; prompt, labels, fields and summarize are parsed.
+_PLAIN_FIELDS = ("task", "language", "max_new_tokens", "temperature", "seed")
+
+
+def request_from_fields(form: Mapping[str, Any]) -> TaskRequest:
+    """A validated `TaskRequest` from flat form fields: a multipart form, the panel's form or
+    CLI options, so every door reads a request the same way.
+
+    `labels` and `fields` are comma-separated (a string, or several); `summarize` is a bool or
+    "1"/"true"/"on"; the prompt is stripped, cut at `MAX_PROMPT_CHARS`, and blank means none;
+    missing or None fields take the defaults. Raises `InvalidRequest` with one readable line.
+    """
+    values = {name: form[name] for name in _PLAIN_FIELDS if form.get(name) is not None}
+    values["prompt"] = (form.get("prompt") or "").strip()[:MAX_PROMPT_CHARS] or None
+    values["labels"] = split_csv(form.get("labels"))
+    values["fields"] = split_csv(form.get("fields"))
+    values["summarize"] = form.get("summarize") in (True, "1", "true", "on")
+    try:
+        return TaskRequest(**values)
+    except ValidationError as exc:
+        reasons = (str(e.get("ctx", {}).get("error") or e["msg"]) for e in exc.errors())
+        raise InvalidRequest("; ".join(reasons)) from None
+
+
+def split_csv(value: str | Sequence[str] | None) -> list[str]:
+    """ "a, b" or ["a,b", "c"] -> ["a", "b", "c"]."""
+    parts = [value] if isinstance(value, str) else list(value or ())
+    return [v.strip() for part in parts for v in part.split(",") if v.strip()]
 
 
 class PageResult(BaseModel):

@@ -7,24 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from appliance.errors import InvalidRequest
-from appliance.schema import TASKS, TaskRequest
-
-
-def split_csv(values: tuple[str, ...]) -> list[str]:
-    """`--labels a,b --labels c` → ["a", "b", "c"]."""
-    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+from appliance.schema import TASKS, TaskRequest, request_from_fields
 
 
 def build_request(**options: Any) -> TaskRequest:
     """A TaskRequest from CLI options, turning validation errors into one readable line."""
     try:
-        return TaskRequest(**options)
-    except ValidationError as exc:
-        reasons = "; ".join(str(e.get("ctx", {}).get("error") or e["msg"]) for e in exc.errors())
-        raise click.UsageError(reasons) from None
+        return request_from_fields(options)
     except InvalidRequest as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -48,8 +39,8 @@ def task_request_options(summarize_help: str) -> Callable[[Callable[..., Any]], 
             request = build_request(
                 task=task,
                 prompt=prompt,
-                labels=split_csv(labels),
-                fields=split_csv(fields),
+                labels=labels,
+                fields=fields,
                 language=language,
                 summarize=summarize,
                 max_new_tokens=max_new_tokens,

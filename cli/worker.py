@@ -8,8 +8,8 @@ import sys
 import click
 
 from appliance.queue import QUEUE_ORDER
+from appliance.schema import split_csv
 from cli.group import cli, get_settings
-from cli.options import split_csv
 
 
 @cli.command()

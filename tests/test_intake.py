@@ -24,7 +24,7 @@ from appliance.errors import (
     TooManyPages,
     UnsupportedType,
 )
-from appliance.intake import load_file, load_pages, page_count, sniff, thumbnail
+from appliance.intake import load_file, load_pages, page_count, precheck, sniff, thumbnail
 from appliance.settings import Limits
 from tests.fixtures_images import blank_pdf, encode, minimal_pdf, noise, png_claiming
 
@@ -427,6 +427,20 @@ def test_page_count_of_single_images_and_junk() -> None:
         page_count(b"just text")
     with pytest.raises(CorruptFile):
         page_count(b"%PDF-1.4 not really")
+
+
+def test_precheck_names_the_type_and_pages_and_refuses_at_the_door() -> None:
+    checked = precheck(encode(solid(RED), "JPEG"), LIMITS)
+    assert (checked.kind, checked.pages, checked.mime) == ("jpeg", 1, "image/jpeg")
+    assert precheck(blank_pdf(3), LIMITS).pages == 3
+    with pytest.raises(TooManyPages, match="the file has 3 pages; the limit is 2"):
+        precheck(blank_pdf(3), Limits(max_pages=2))
+    with pytest.raises(TooLarge):
+        precheck(encode(noise((64, 64)), "PNG"), Limits(max_bytes=100))
+    with pytest.raises(DecompressionBomb):
+        precheck(png_claiming(20_000, 20_000), LIMITS)
+    with pytest.raises(EmptyFile):
+        precheck(b"", LIMITS)
 
 
 def test_concurrent_loads_from_threads_agree() -> None:

@@ -1,4 +1,5 @@
-"""Upload handling: where Werkzeug spools multipart files, and what a client filename may be.
+"""Upload handling: where Werkzeug spools multipart files, what a client filename may be, and
+reading a part through the intake pre-check.
 
 A client filename is only ever a *label* (shown in listings, used in result downloads); files
 are stored by the job store under names it makes itself. Still, the label is cleaned here so
@@ -15,7 +16,8 @@ from flask import Request, current_app
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
-from appliance.errors import ApplianceError, TooManyPages
+from appliance.errors import IntakeError
+from appliance.intake import Checked
 from appliance.settings import Limits
 from web.problems import Problem, status_for
 
@@ -71,16 +73,17 @@ def read_upload(storage: FileStorage, max_bytes: int) -> bytes:
     return data
 
 
-def validate_upload(data: bytes, name: str, limits: Limits) -> None:
-    """Refuse at the door what a worker would fail on: wrong type, damaged, bomb, too many pages.
+def checked_upload(
+    storage: FileStorage, limits: Limits, *, status: int | None = None
+) -> tuple[bytes, str, Checked]:
+    """The part's bytes, its cleaned name and what `intake.precheck` found.
 
-    Decodes only the first page (JPEGs at reduced size), so a good 200 KB photo costs a few
-    milliseconds; the worker still loads every page under the same limits.
+    A refused file is a `Problem` naming it, with the status `status_for` gives its error
+    (413, 415, 400), or `status` where the caller answers one for all (the panel's 422).
     """
+    data = read_upload(storage, limits.max_bytes)
+    name = safe_filename(storage.filename)
     try:
-        kind = intake.sniff(data)
-        if kind in ("pdf", "tiff") and intake.page_count(data) > limits.max_pages:
-            raise TooManyPages(f"more than {limits.max_pages} pages")
-        intake.thumbnail(data, 32, limits=limits)
-    except ApplianceError as exc:
-        raise Problem(status_for(exc), f"{name}: {exc}") from None
+        return data, name, intake.precheck(data, limits)
+    except IntakeError as exc:
+        raise Problem(status or status_for(exc), f"{name}: {exc}") from None

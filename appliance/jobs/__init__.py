@@ -1,8 +1,9 @@
-"""Jobs: the one way in for every intake path (`JobService`), the backend it shares with the
+"""Jobs: the one way in for every intake path (`JobService`, its intake half in `submit`), the backend it shares with the
 workers (`JobBackend`: store + broker), and the snapshots it hands out (`views`)."""
 
 from appliance.jobs.backend import JobBackend
 from appliance.jobs.service import JobService
+from appliance.jobs.submit import Submission
 from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo
 from appliance.store.repo import JobMetrics
 
@@ -13,5 +14,6 @@ __all__ = [
     "JobMetrics",
     "JobPage",
     "JobService",
+    "Submission",
     "WorkerInfo",
 ]

@@ -1,7 +1,8 @@
 """`JobService`: the one way into the job queue, for every intake path.
 
-The REST API, the panel, the drop-folder watcher and `appliance submit` all call
-`JobService.submit(...)`; workers run the jobs (`appliance.runtime.runner`). The job store is the
+The REST API, the panel and the OpenAI-compatible endpoint call `JobService.submit_many(...)`,
+the drop-folder watcher and `appliance submit` call `submit(...)` (both in
+`appliance.jobs.submit`); workers run the jobs (`appliance.runtime.runner`). The job store is the
 source of truth: a submit that cannot reach Redis still succeeds (the reconciler sends the job
 when Redis is back), and every read here comes from the store.
 
@@ -10,7 +11,7 @@ when Redis is back), and every read here comes from the store.
     service.wait([job.id], timeout=60)
     service.get(job.id).result_text
 
-Stable API (other modules build on it): `from_settings`, `submit`, `open_batch`,
+Stable API (other modules build on it): `from_settings`, `submit`, `submit_many`, `open_batch`,
 `close_batch`, `get`, `get_many`, `list`, `recent`, `batch_jobs`, `lane_positions`, `cancel`,
 `retry`, `get_batch`, `queue_depth`, `workers`, `metrics`, `finished_since`, `events`,
 `last_event_id`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo`
@@ -19,10 +20,7 @@ Stable API (other modules build on it): `from_settings`, `submit`, `open_batch`,
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,18 +28,16 @@ from typing import Any
 
 from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
 from appliance.jobs.backend import JobBackend
+from appliance.jobs.submit import Submitting
 from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo, batch_info, worker_info
-from appliance.queue import LANES
-from appliance.schema import TaskRequest
 from appliance.settings import Settings
 from appliance.store.base import utcnow
 from appliance.store.repo import JobFilter, JobMetrics
-from appliance.store.tables import Batch, Job
-from appliance.vocab import BULK, INTERACTIVE, SOURCES, STATES, Priority, Source
+from appliance.vocab import STATES
 
 
-class JobService:
-    """Submit, inspect and control jobs. Thread-safe; build one per process."""
+class JobService(Submitting):
+    """Submit (see `Submitting`), inspect and control jobs. Thread-safe; build one per process."""
 
     def __init__(self, backend: JobBackend) -> None:
         self.backend = backend
@@ -53,109 +49,6 @@ class JobService:
     def from_settings(cls, settings: Settings, *, migrate: bool = True) -> JobService:
         """Connect to the store (migrating it to the newest schema) and to Redis (lazily)."""
         return cls(JobBackend.from_settings(settings, migrate=migrate))
-
-    # -- intake -----------------------------------------------------------------------------
-
-    def submit(
-        self,
-        data: bytes,
-        filename: str,
-        request: TaskRequest,
-        *,
-        source: Source,
-        priority: Priority | None = None,
-        batch_id: str | None = None,
-        idempotency_key: str | None = None,
-        owner: str | None = None,
-        input_path: Path | str | None = None,
-    ) -> JobInfo:
-        """Queue one file. Returns at once with the queued job; never runs the model.
-
-        - `data` is stored content-addressed under `settings.uploads_dir` (unless `input_path`
-          names a file that already holds exactly these bytes and stays put, e.g. a claimed
-          drop-folder file). It is never deleted because the job failed.
-        - `priority` defaults to `bulk` for `source="folder"`, else `interactive`.
-        - `batch_id`: join that batch (created on first use, see `open_batch`); call
-          `close_batch` when no more jobs will join, so its digest can be made.
-        - `idempotency_key`: a second submit with the same key and owner returns the first
-          job instead of queueing again.
-        - Bad files are *not* rejected here: the worker fails the job with the reason.
-        """
-        if source not in SOURCES:
-            raise InvalidRequest(f"unknown source {source!r}")
-        lane = priority or (BULK if source == "folder" else INTERACTIVE)
-        if lane not in LANES:
-            raise InvalidRequest(f"unknown priority {lane!r}")
-        sha = hashlib.sha256(data).hexdigest()
-        path = Path(input_path) if input_path is not None else self._store_file(data, sha)
-        job = Job(
-            id=str(uuid.uuid4()),
-            source=source,
-            priority=lane,
-            owner=owner,
-            batch_id=batch_id,
-            idempotency_key=f"{owner or ''}\x1f{idempotency_key}" if idempotency_key else None,
-            filename=os.path.basename(filename)[:512] or "upload",
-            input_path=str(path),
-            input_sha256=sha,
-            size_bytes=len(data),
-            task=request.task,
-            prompt=request.prompt,
-            params=request.model_dump(mode="json"),
-            compat_key=repr(request.batch_key()),
-        )
-        batch = None
-        if batch_id is not None:
-            batch = Batch(id=batch_id, source=source, owner=owner, language=request.language)
-        row, created = self.store.create_job(job, batch=batch)
-        if created:
-            self.broker.send_job(row.id, row.priority)
-        return JobInfo.from_row(row)
-
-    def _store_file(self, data: bytes, sha: str) -> Path:
-        folder = self.settings.uploads_dir / sha[:2]
-        path = folder / sha
-        if path.exists() and path.stat().st_size == len(data):
-            return path
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{sha}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return path
-
-    def open_batch(
-        self,
-        *,
-        source: Source,
-        owner: str | None = None,
-        label: str | None = None,
-        language: str = "en",
-        digest: bool = False,
-        batch_id: str | None = None,
-    ) -> BatchInfo:
-        """Start a batch (or return the existing one with that id). `digest=True` asks for a
-        digest even if no job asks for a summary; a job with `summarize` asks for one too."""
-        row = self.store.open_batch(
-            Batch(
-                id=batch_id or str(uuid.uuid4()),
-                source=source,
-                owner=owner,
-                label=label,
-                language=language,
-                digest_requested=digest,
-            )
-        )
-        return self.get_batch(row.id)  # type: ignore[return-value]
-
-    def close_batch(self, batch_id: str) -> BatchInfo:
-        """No more jobs join; once all have ended the batch finishes (and its digest is made)."""
-        if self.store.close_batch(batch_id) is None:
-            raise JobNotFound(f"no batch {batch_id}")
-        self.backend.job_ended(batch_id)
-        return self.get_batch(batch_id)  # type: ignore[return-value]
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -281,7 +174,7 @@ class JobService:
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         if not changed:
-            raise JobStateConflict(f"job {job_id} is {row.state}; only queued or running jobs")
+            raise JobStateConflict(f"job {job_id} already ended ({row.state})")
         if row.worker:  # it may be running there: stop the generation now, not at a heartbeat
             self.broker.send_cancel(row.worker, row.id)
         self.backend.job_ended(row.batch_id)
@@ -293,7 +186,9 @@ class JobService:
         if row is None:
             raise JobNotFound(f"no job {job_id}")
         if not changed:
-            raise JobStateConflict(f"job {job_id} is {row.state}; only failed or cancelled jobs")
+            raise JobStateConflict(
+                f"only failed or cancelled jobs can be retried; this one is {row.state}"
+            )
         self.broker.send_job(row.id, row.priority)
         return JobInfo.from_row(row)
 
@@ -302,18 +197,27 @@ class JobService:
     def wait(
         self, job_ids: list[str], timeout: float | None = None, poll_s: float = 0.2
     ) -> list[JobInfo]:
-        """Poll until every job has ended (or `timeout` passes); returns their latest state,
-        in the order of `job_ids`."""
+        """Poll the store until every job has ended or `timeout` passes; returns their latest
+        state, in the order of `job_ids` (some not `done` after a timeout). Raises JobNotFound
+        if one is unknown.
+
+        Polls the store, the truth, not pub/sub: a lost message cannot hang a waiter. The first
+        polls come fast (an idle GPU answers a small image in well under a second), then every
+        `poll_s`.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.02, poll_s)
         while True:
             jobs = self.get_many(job_ids)
             missing = next((i for i in job_ids if i not in jobs), None)
             if missing is not None:
                 raise JobNotFound(f"no job {missing}")
             infos = [jobs[i] for i in job_ids]
-            if all(j.done for j in infos) or (deadline and time.monotonic() >= deadline):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if all(j.done for j in infos) or (remaining is not None and remaining <= 0):
                 return infos
-            time.sleep(poll_s)
+            time.sleep(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 1.5, poll_s)
 
     def events(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +10,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from web import sse
 from web.services import services
 
 blp = Blueprint("events", __name__, url_prefix="/api/v1/events", description="Live job events")
@@ -35,15 +35,13 @@ class EventsQuerySchema(ma.Schema):
 
 def stream(events: Iterator[dict[str, Any] | None]) -> Iterator[str]:
     """SSE text: `id` + `event: <kind>` + JSON per change, a comment while idle."""
-    # EventSource reconnects after this many ms when we end the stream, with Last-Event-ID.
-    yield "retry: 1000\n\n"
+    yield sse.RETRY
     try:
         for event in events:
             if event is None:
-                yield ": keep-alive\n\n"
+                yield sse.KEEPALIVE
                 continue
-            data = json.dumps(event, default=str, separators=(",", ":"))
-            yield f"id: {event['id']}\nevent: {event.get('event') or 'job'}\ndata: {data}\n\n"
+            yield sse.message(event, event=event.get("event") or "job", event_id=event["id"])
     finally:
         close = getattr(events, "close", None)
         if close is not None:
@@ -75,8 +73,4 @@ class Events(MethodView):
             poll_s=_KEEPALIVE_SECONDS if query["timeout"] is None else min(1.0, query["timeout"]),
             max_s=min(query["timeout"] or limit, limit),
         )
-        return Response(
-            stream(events),
-            mimetype="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return sse.response(stream(events))

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import re
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import marshmallow as ma
 from flask import Response, g, request
 from flask.views import MethodView
 from flask_smorest.fields import Upload
-from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
-from appliance.errors import InvalidRequest
-from appliance.schema import LANGUAGES, TASKS, TaskRequest
-from appliance.vocab import INTERACTIVE, PRIORITIES, RETRYABLE, SOURCES, STATES, SUCCEEDED, TERMINAL
+from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
+from appliance.vocab import INTERACTIVE, PRIORITIES, SOURCES, STATES, SUCCEEDED
 from web.api import Blueprint, jobview, results
 from web.problems import Problem
 from web.services import services
-from web.uploads import read_upload, safe_filename, validate_upload
+from web.uploads import checked_upload
+
+if TYPE_CHECKING:
+    from appliance.jobs import JobService
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs", description="Jobs: one per file")
 
@@ -28,16 +28,12 @@ _BATCH_ID = re.compile(r"^[A-Za-z0-9._-]{1,36}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-def _csv_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 class SubmitSchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     task = ma.fields.String(load_default="caption", validate=ma.validate.OneOf(TASKS))
-    prompt = ma.fields.String(load_default=None, validate=ma.validate.Length(max=4000))
+    prompt = ma.fields.String(load_default=None, validate=ma.validate.Length(max=MAX_PROMPT_CHARS))
     labels = ma.fields.String(
         load_default="", metadata={"description": "comma-separated labels (classify)"}
     )
@@ -131,23 +127,6 @@ class ImageQuerySchema(ma.Schema):
     size = ma.fields.Integer(load_default=256, validate=ma.validate.Range(16, 1024))
 
 
-def _task_request(form: dict[str, Any]) -> TaskRequest:
-    try:
-        return TaskRequest(
-            task=form["task"],
-            prompt=form["prompt"],
-            labels=_csv_list(form["labels"]),
-            fields=_csv_list(form["fields"]),
-            summarize=form["summarize"],
-            language=form["language"],
-            max_new_tokens=form["max_new_tokens"],
-        )
-    except ValidationError as exc:
-        raise Problem(422, "; ".join(str(e["msg"]) for e in exc.errors())) from None
-    except InvalidRequest as exc:
-        raise Problem(422, str(exc)) from None
-
-
 def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -171,37 +150,26 @@ class Jobs(MethodView):
             raise Problem(422, "send one or more multipart *file* parts named 'file'")
         if len(uploads) > svc.settings.api.max_files:
             raise Problem(413, f"at most {svc.settings.api.max_files} files per request")
-        task = _task_request(form)
+        task = request_from_fields(form)  # an InvalidRequest is a 422 problem
         key = _idempotency_key()
         jobview.check_queue_capacity(svc, len(uploads))
-        # Read and sniff every file first: one bad file rejects the request before any job exists.
+        # Read and check every file first: one bad file rejects the request before any job exists.
         payloads = []
         for storage in uploads:
-            data = read_upload(storage, svc.settings.limits.max_bytes)
-            name = safe_filename(storage.filename)
-            validate_upload(data, name, svc.settings.limits)
+            data, name, _ = checked_upload(storage, svc.settings.limits)
             payloads.append((data, name))
-        batch_id = form["batch"]
-        if batch_id is None and len(payloads) > 1:
-            # A retried request (same Idempotency-Key) must name the same batch.
-            batch_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4())
-        created = []
-        for index, (data, name) in enumerate(payloads):
-            job = svc.jobs.submit(
-                data,
-                name,
-                task,
-                source="api",
-                priority=form["priority"],
-                batch_id=batch_id,
-                idempotency_key=f"{key}:{index}" if key else None,
-                owner=g.principal.name,
-            )
-            created.append(jobview.to_dict(job))
-        if batch_id is not None and form["batch"] is None:
-            # A batch made for this request is complete: let its digest be made.
-            svc.jobs.close_batch(batch_id)
-        return {"batch_id": batch_id, "jobs": created}, 201
+        # A batch named with `batch=` stays open (POST /batches/ID/close); one made for several
+        # files is closed at once, and a retried request (same Idempotency-Key) names it again.
+        done = svc.jobs.submit_many(
+            payloads,
+            task,
+            source="api",
+            owner=g.principal.name,
+            priority=form["priority"],
+            idempotency_key=key,
+            batch_id=form["batch"],
+        )
+        return {"batch_id": done.batch_id, "jobs": [jobview.to_dict(j) for j in done.jobs]}, 201
 
     @blp.arguments(JobListQuerySchema, location="query")
     @blp.response(200, JobListSchema)
@@ -227,17 +195,20 @@ class Job(MethodView):
         return jobview.to_dict(jobview.get_or_404(services().jobs, job_id))
 
 
+def _known(job_id: str) -> JobService:
+    """The job service once the job is known to exist (else 404); what the service then
+    refuses (cancel an ended job, retry a queued one) is a 409 problem (JobStateConflict)."""
+    jobs = services().jobs
+    jobview.get_or_404(jobs, job_id)
+    return jobs
+
+
 @blp.route("/<job_id>/cancel")
 class Cancel(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job (409 if it already ended)."""
-        jobs = services().jobs
-        job = jobview.get_or_404(jobs, job_id)
-        if job.state in TERMINAL:
-            raise Problem(409, f"job {job_id} already ended ({job.state})")
-        jobs.cancel(job_id)
-        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+        return jobview.to_dict(_known(job_id).cancel(job_id))
 
 
 @blp.route("/<job_id>/retry")
@@ -245,14 +216,7 @@ class Retry(MethodView):
     @blp.response(200, JobSchema)
     def post(self, job_id: str) -> dict[str, Any]:
         """Run a failed or cancelled job again (409 otherwise)."""
-        jobs = services().jobs
-        job = jobview.get_or_404(jobs, job_id)
-        if job.state not in RETRYABLE:
-            raise Problem(
-                409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
-            )
-        jobs.retry(job_id)
-        return jobview.to_dict(jobview.get_or_404(jobs, job_id))
+        return jobview.to_dict(_known(job_id).retry(job_id))
 
 
 @blp.route("/<job_id>/result")
@@ -279,17 +243,6 @@ class Result(MethodView):
         return resp
 
 
-_IMAGE_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "bmp": "image/bmp",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-    "pdf": "application/pdf",
-}
-
-
 @blp.route("/<job_id>/image")
 class Image(MethodView):
     @blp.arguments(ImageQuerySchema, location="query")
@@ -303,7 +256,7 @@ class Image(MethodView):
         data = svc.jobs.input_file(job_id).read_bytes()
         kind = intake.sniff(data)
         if query["variant"] == "original":
-            resp = Response(data, mimetype=_IMAGE_TYPES[kind])
+            resp = Response(data, mimetype=intake.MIME_TYPES[kind])
             # Never rendered inline as anything but what it is: no sniffing into HTML.
             resp.headers["X-Content-Type-Options"] = "nosniff"
             resp.headers["Content-Security-Policy"] = "sandbox"

@@ -6,22 +6,20 @@ Kept in one module so the views stay thin and only this file knows the job objec
 from __future__ import annotations
 
 import contextlib
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from appliance.errors import JobNotFound
 from appliance.schema import AnalysisResult
 from appliance.vocab import (
     BULK,
     CANCELLED,
     FAILED,
     INTERACTIVE,
-    TERMINAL,
 )
 from web.problems import Problem
 
-
-def job_id(job: Any) -> str:
-    return str(getattr(job, "id", job))
+if TYPE_CHECKING:
+    from appliance.jobs import JobInfo, JobService
 
 
 # Server-side details a client has no use for (and should not learn: paths on the box).
@@ -71,35 +69,21 @@ def check_queue_capacity(svc: Any, adding: int = 1) -> None:
 
 
 def wait_all(
-    jobs: Any, ids: list[str], timeout: float, cancel_on_timeout: bool = False
-) -> list[Any]:
-    """Poll until every job is terminal; 504 after `timeout` seconds.
-
-    Polling the store (the source of truth) rather than trusting pub/sub alone: a missed
-    message cannot hang a request. Starts fast so an idle GPU's answer is not delayed.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    pending = list(ids)
-    done: dict[str, Any] = {}
-    while True:
-        for jid in list(pending):
-            job = jobs.get(jid)
-            if job is None:
-                raise Problem(404, f"job {jid} disappeared")
-            if getattr(job, "state", None) in TERMINAL:
-                done[jid] = job
-                pending.remove(jid)
-        if not pending:
-            return [done[j] for j in ids]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            if cancel_on_timeout:
-                for jid in pending:
-                    cancel_quietly(jobs, jid)
-            raise Problem(504, f"timed out after {timeout:.0f} s waiting for the job")
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, 0.5)
+    jobs: JobService, ids: list[str], timeout: float, cancel_on_timeout: bool = False
+) -> list[JobInfo]:
+    """Every job, ended (`JobService.wait`); 504 after `timeout` seconds, cancelling the jobs
+    still waiting first when asked; 404 if one disappeared."""
+    try:
+        ended = jobs.wait(ids, timeout=timeout, poll_s=0.5)
+    except JobNotFound as exc:
+        raise Problem(404, str(exc)) from None
+    if all(job.done for job in ended):
+        return ended
+    if cancel_on_timeout:
+        for job in ended:
+            if not job.done:
+                cancel_quietly(jobs, job.id)
+    raise Problem(504, f"timed out after {timeout:.0f} s waiting for the job")
 
 
 def cancel_quietly(jobs: Any, jid: str) -> None:

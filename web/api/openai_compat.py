@@ -1,31 +1,30 @@
 """OpenAI-compatible chat completions, routed through the job queue like every other request.
 
-Only what vision clients use: the images (as `data:` URLs: the box is offline, it cannot fetch
-`https://` images) of the latest user message that has any, and the text of the last user
-message as the question. Each image becomes one `interactive` job with source `api`; the view
-waits for it, so these requests share the GPUs fairly with uploads and drop folders.
+`openai_messages` reads what a request carries: the images of the latest user message that has
+any, and the last user message's text as the question. Each image becomes one `interactive` job
+with source `api`; the view waits for them, so these requests share the GPUs fairly with
+uploads and drop folders.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, g
+from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from appliance.errors import ApplianceError, ModelError
+from appliance.errors import ApplianceError, JobNotFound, ModelError
 from appliance.registry import ModelRegistry
 from appliance.schema import TaskRequest
 from appliance.vocab import INTERACTIVE
+from web import sse
 from web.api import jobview
+from web.api.openai_messages import bad_request, parse_messages
 from web.problems import Problem
 from web.services import services
 
@@ -36,9 +35,6 @@ blp = Blueprint(
     description="OpenAI-compatible chat completions (vision), routed through the job queue",
 )
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S
-)
 # How often an idle stream says it is alive, so proxies do not cut it.
 _KEEPALIVE_SECONDS = 10.0
 
@@ -103,67 +99,6 @@ class ModelListSchema(ma.Schema):
     data = ma.fields.List(ma.fields.Nested(ModelSchema))
 
 
-def _bad(detail: str, code: str = "invalid_request_error") -> Problem:
-    # The `error` member is what OpenAI clients read; the rest is RFC 9457.
-    return Problem(400, detail, error={"message": detail, "type": code, "code": None})
-
-
-def _decode_image(url: Any, max_bytes: int) -> bytes:
-    if not isinstance(url, str):
-        raise _bad("image_url.url must be a string")
-    if not url.startswith("data:"):
-        raise _bad("only data: image URLs are supported (this appliance has no internet access)")
-    match = _DATA_URL.match(url)
-    if not match:
-        raise _bad("image_url must be a base64 data: URL (data:image/png;base64,...)")
-    payload = match.group("data")
-    if len(payload) > max_bytes * 4 // 3 + 4:
-        raise Problem(413, f"image is larger than {max_bytes // (1024 * 1024)} MB")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise _bad("image_url data is not valid base64") from None
-
-
-def parse_messages(
-    messages: list[dict[str, Any]], max_images: int, max_bytes: int
-) -> tuple[list[bytes], str]:
-    """The images of the latest user message that has any, and the last user message's text."""
-    images: list[bytes] = []
-    text = ""
-    text_found = False
-    for message in reversed(messages):
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        parts: list[Any] = (
-            [{"type": "text", "text": content}] if isinstance(content, str) else content
-        )
-        if not isinstance(parts, list):
-            raise _bad("message content must be a string or a list of parts")
-        found: list[bytes] = []
-        texts: list[str] = []
-        for part in parts:
-            if not isinstance(part, dict):
-                raise _bad("each content part must be an object")
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif part.get("type") == "image_url":
-                image_url = part.get("image_url")
-                url = image_url.get("url") if isinstance(image_url, dict) else image_url
-                found.append(_decode_image(url, max_bytes))
-        if not text_found:
-            text, text_found = "\n".join(t for t in texts if t.strip()), True
-        if found and not images:
-            images = found
-            break
-    if not images:
-        raise _bad("no image in the conversation: send an image_url part with a data: URL")
-    if len(images) > max_images:
-        raise Problem(413, f"at most {max_images} images per request")
-    return images, text.strip()
-
-
 def _vision_model_name() -> str:
     settings = services().settings
     try:
@@ -214,22 +149,18 @@ class ChatCompletions(MethodView):
                 seed=body.get("seed"),
             )
         except ApplianceError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         jobview.check_queue_capacity(svc, len(images))
         owner = getattr(g, "principal", None)
-        job_ids = [
-            jobview.job_id(
-                svc.jobs.submit(
-                    data,
-                    f"chat-image-{index + 1}",
-                    request,
-                    source="api",
-                    priority=INTERACTIVE,
-                    owner=owner.name if owner else None,
-                )
-            )
-            for index, data in enumerate(images)
-        ]
+        done = svc.jobs.submit_many(
+            [(data, f"chat-image-{index + 1}") for index, data in enumerate(images)],
+            request,
+            source="api",
+            owner=owner.name if owner else None,
+            priority=INTERACTIVE,
+            grouped=False,  # one answer, no digest: the images are not a batch
+        )
+        job_ids = [job.id for job in done.jobs]
         model = body.get("model") or _vision_model_name()
         completion_id = f"chatcmpl-{job_ids[0]}"
         created = int(time.time())
@@ -237,11 +168,7 @@ class ChatCompletions(MethodView):
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             stream = _stream(svc, job_ids, timeout, completion_id, created, model, include_usage)
-            return Response(
-                stream,
-                mimetype="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
+            return sse.response(stream)
         jobs = jobview.wait_all(svc.jobs, job_ids, timeout, cancel_on_timeout=True)
         content, tokens = _answer(svc, jobs)
         return {
@@ -256,7 +183,7 @@ class ChatCompletions(MethodView):
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            "usage": _usage(tokens),
         }
 
 
@@ -277,9 +204,9 @@ def _answer(svc: Any, jobs: list[Any]) -> tuple[str, int]:
     return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), tokens
 
 
-def _sse(obj: dict[str, Any] | str) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
-    return f"data: {data}\n\n"
+def _usage(tokens: int) -> dict[str, int]:
+    # Workers report the tokens they generate; the prompt (an image) is not counted.
+    return {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
 
 
 def _stream(
@@ -291,54 +218,42 @@ def _stream(
     model: str,
     include_usage: bool,
 ) -> Iterator[str]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        return _sse(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-        )
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
+        head = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
+        return sse.message({**head, "model": model, "choices": choices, **extra})
 
-    yield chunk({"role": "assistant", "content": ""})
+    def delta(content: dict[str, Any], finish: str | None = None) -> str:
+        return chunk([{"index": 0, "delta": content, "finish_reason": finish}])
+
+    yield delta({"role": "assistant", "content": ""})
     deadline = time.monotonic() + timeout
-    jobs = None
-    while jobs is None:
+    while True:
         budget = min(_KEEPALIVE_SECONDS, deadline - time.monotonic())
         if budget <= 0:
             for job_id in job_ids:
                 jobview.cancel_quietly(svc.jobs, job_id)
-            yield _sse({"error": {"message": "timed out waiting for the job", "type": "timeout"}})
+            yield sse.message(
+                {"error": {"message": "timed out waiting for the job", "type": "timeout"}}
+            )
             return
         try:
-            jobs = jobview.wait_all(svc.jobs, job_ids, budget)
-        except Problem as exc:
-            if exc.status != 504:
-                yield _sse({"error": {"message": exc.detail, "type": "job_failed"}})
-                return
-            yield ": keep-alive\n\n"
+            jobs = svc.jobs.wait(job_ids, timeout=budget, poll_s=0.5)
+        except JobNotFound as exc:
+            yield sse.message({"error": {"message": str(exc), "type": "job_failed"}})
+            return
+        if all(job.done for job in jobs):
+            break
+        yield sse.KEEPALIVE
     try:
         content, tokens = _answer(svc, jobs)
     except Problem as exc:
-        yield _sse({"error": {"message": exc.detail, "type": "job_failed"}})
+        yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
         return
     # The queue returns the whole answer at once; send it word by word so clients render a
     # stream as they would from a token-by-token server.
     for piece in re.findall(r"\S+\s*|\s+", content):
-        yield chunk({"content": piece})
-    yield chunk({}, "stop")
+        yield delta({"content": piece})
+    yield delta({}, "stop")
     if include_usage:
-        usage = {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
-        yield _sse(
-            {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-        )
-    yield _sse("[DONE]")
+        yield chunk([], usage=_usage(tokens))
+    yield sse.message("[DONE]")

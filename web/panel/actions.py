@@ -13,18 +13,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, abort, jsonify, request, stream_with_context, url_for
-from pydantic import ValidationError
 
-from appliance import intake
 from appliance.errors import (
     ApplianceError,
-    IntakeError,
     InvalidRequest,
     JobStateConflict,
-    TooManyPages,
 )
-from appliance.schema import TaskRequest
-from appliance.settings import Limits
+from appliance.schema import request_from_fields
 from appliance.vocab import (
     ACTIVE,
     FAILED,
@@ -34,11 +29,12 @@ from appliance.vocab import (
     RUNNING,
     TERMINAL,
 )
+from web import sse
 from web.panel import bp, queries
 from web.panel.auth import current_user
 from web.panel.handles import jobs_service, settings
 from web.problems import Problem
-from web.uploads import read_upload, safe_filename
+from web.uploads import checked_upload
 
 if TYPE_CHECKING:
     from appliance.jobs import JobInfo
@@ -49,21 +45,8 @@ _END = object()
 # Short: a write is how a thread notices its browser left, and gunicorn's graceful stop waits
 # for every open stream to end.
 _KEEPALIVE_SECONDS = 5.0
-
-
-def precheck(data: bytes, limits: Limits) -> int:
-    """The cheap intake check before a job exists; the page count. Raises `IntakeError`.
-
-    Sniffs the type, counts pages without rendering, and decodes only the first page (JPEG at
-    reduced scale): enough to refuse bombs, damaged files and 900-page PDFs with their reason
-    on the spot, instead of as a failed job minutes later.
-    """
-    intake.sniff(data)
-    pages = intake.page_count(data)
-    if pages > limits.max_pages:
-        raise TooManyPages(f"the file has {pages} pages; the limit is {limits.max_pages}")
-    intake.thumbnail(data, 64, limits=limits)
-    return pages
+# What the upload form may set (no token limits or sampling: those are the API's).
+_FORM_FIELDS = ("task", "prompt", "labels", "fields", "summarize", "language")
 
 
 def _scoped_id(kind: str, client_value: str) -> str | None:
@@ -81,23 +64,6 @@ def _scoped_id(kind: str, client_value: str) -> str | None:
     return str(uuid.UUID(bytes=digest.digest()[:16]))
 
 
-def _task_request(form: Any) -> TaskRequest:
-    def split(name: str) -> list[str]:
-        return [v.strip() for v in form.get(name, "").split(",") if v.strip()]
-
-    try:
-        return TaskRequest(
-            task=form.get("task", "caption"),
-            prompt=form.get("prompt", "").strip()[:4000] or None,
-            labels=split("labels"),
-            fields=split("fields"),
-            summarize=form.get("summarize") in ("1", "true", "on"),
-            language=form.get("language", "en"),
-        )
-    except ValidationError as exc:
-        raise InvalidRequest("; ".join(str(e["msg"]) for e in exc.errors())) from None
-
-
 def _reject(status: int, detail: str) -> Response:
     resp = jsonify({"status": status, "detail": detail})
     resp.status_code = status
@@ -110,44 +76,32 @@ def upload() -> Response:
     storage = request.files.get("file")
     if storage is None:
         return _reject(422, "no file in the request")
-    name = safe_filename(storage.filename)
-    limits = settings().limits
     try:
-        task = _task_request(request.form)
-        data = read_upload(storage, limits.max_bytes)
-        pages = precheck(data, limits)
+        task = request_from_fields({k: request.form.get(k) for k in _FORM_FIELDS})
+        data, name, checked = checked_upload(storage, settings().limits, status=422)
         batch_id = _scoped_id("batch", request.form.get("batch", ""))
         key = _scoped_id("upload", request.form.get("key", ""))
-    except IntakeError as exc:
-        return _reject(422, f"{name}: {exc}")
     except ApplianceError as exc:
         return _reject(422, str(exc))
-    except Problem as exc:  # read_upload: larger than the limit
+    except Problem as exc:  # the file: too large, or refused by the pre-check
         return _reject(exc.status, exc.detail)
     service = jobs_service()
     owner = current_user().name
-    if batch_id is not None:
-        # Files dropped together get one digest; opening is idempotent (same id per drop).
-        service.open_batch(
-            source="panel",
-            owner=owner,
-            label=f"panel upload by {owner}",
-            language=task.language,
-            digest=True,
-            batch_id=batch_id,
-        )
-    job = service.submit(
-        data,
-        name,
+    # Files dropped together get one batch and one digest; the browser closes it after the
+    # last file (close_batch below), so every request of the drop names the same id.
+    done = service.submit_many(
+        [(data, name)],
         task,
         source="panel",
-        priority=INTERACTIVE,
-        batch_id=batch_id,
-        idempotency_key=key,
         owner=owner,
+        priority=INTERACTIVE,
+        idempotency_key=key,
+        batch_id=batch_id,
+        label=f"panel upload by {owner}",
+        digest=True,
     )
-    body = panel_job(job, service.lane_positions())
-    body["pages"] = pages
+    body = panel_job(done.jobs[0], service.lane_positions())
+    body["pages"] = checked.pages
     return jsonify({"job": body}), 201  # type: ignore[return-value]
 
 
@@ -226,12 +180,12 @@ def _stream(user: Any, seconds: float) -> Iterator[str]:
     The store is the truth; the event feed is only the doorbell.
     """
     deadline = time.monotonic() + seconds
-    yield "retry: 1000\n\n"
+    yield sse.RETRY
     last: dict[str, str] = {}
     current = _queue(user)
     for job in current:
         last[job["id"]] = _fingerprint(job)
-    yield f"event: snapshot\ndata: {json.dumps({'jobs': current})}\n\n"
+    yield sse.message({"jobs": current}, event="snapshot", compact=False)
     feed = _feed(user, seconds)
     quiet_since = time.monotonic()
     try:
@@ -245,12 +199,12 @@ def _stream(user: Any, seconds: float) -> Iterator[str]:
                     last[job["id"]] = fp
                     changed.append(job)
             for job in changed:
-                yield f"event: job\ndata: {json.dumps(job)}\n\n"
+                yield sse.message(job, event="job", compact=False)
             if changed:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since > _KEEPALIVE_SECONDS:
                 quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"
+                yield sse.KEEPALIVE
     finally:
         close = getattr(feed, "close", None)
         if close:
@@ -278,12 +232,8 @@ def _feed(user: Any, seconds: float) -> Iterator[Any]:
 @bp.route("/events")
 def events() -> Response:
     seconds = settings().panel.events_max_seconds
-    return Response(
-        # The stream outlives the view: keep the request (url_for, current_app) around for it.
-        stream_with_context(_stream(current_user(), seconds)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    # The stream outlives the view: keep the request (url_for, current_app) around for it.
+    return sse.response(stream_with_context(_stream(current_user(), seconds)))
 
 
 def _own_or_404(job_id: str) -> JobInfo:
@@ -295,26 +245,19 @@ def _own_or_404(job_id: str) -> JobInfo:
 
 @bp.route("/jobs/<job_id>/cancel", methods=["POST"])
 def cancel(job_id: str) -> Response:
-    job = _own_or_404(job_id)
-    if job.state in TERMINAL:
-        return _reject(409, f"the job already ended ({job.state})")
+    _own_or_404(job_id)
     try:
-        jobs_service().cancel(job_id)
-    except JobStateConflict as exc:  # it ended between our read and the cancel
+        job = jobs_service().cancel(job_id)
+    except JobStateConflict as exc:  # it already ended
         return _reject(409, str(exc))
-    return jsonify({"job": panel_job(_own_or_404(job_id), {})})
+    return jsonify({"job": panel_job(job, {})})
 
 
 @bp.route("/jobs/<job_id>/retry", methods=["POST"])
 def retry(job_id: str) -> Response:
-    job = _own_or_404(job_id)
-    if job.state not in RETRYABLE:
-        return _reject(
-            409, f"only failed or cancelled jobs can be retried; this one is {job.state}"
-        )
+    _own_or_404(job_id)
     try:
-        jobs_service().retry(job_id)
-    except JobStateConflict as exc:
+        job = jobs_service().retry(job_id)
+    except JobStateConflict as exc:  # only failed or cancelled jobs run again
         return _reject(409, str(exc))
-    positions = jobs_service().lane_positions()
-    return jsonify({"job": panel_job(_own_or_404(job_id), positions)})
+    return jsonify({"job": panel_job(job, jobs_service().lane_positions())})

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from flask import abort, render_template, request
 from markupsafe import Markup, escape
 
+from appliance.intake import MIME_TYPES
 from appliance.schema import LANGUAGES, TASKS, AnalysisResult
 from appliance.vocab import FAILED, SOURCES, STATES, SUCCEEDED
 from web.panel import bp, queries, render, stats
@@ -46,6 +47,9 @@ def index() -> str:
         languages=LANGUAGES,
         max_mb=limits.max_bytes // (1024 * 1024),
         max_pages=limits.max_pages,
+        # What the file picker offers: the types intake accepts, and the extensions some
+        # systems report no MIME type for.
+        accept=",".join(MIME_TYPES.values()) + ",.pdf,.tif,.tiff",
     )
 
 
