@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.errors import InvalidRequest, JobNotFound
+from appliance.files import atomic_write
 from appliance.jobs.views import BatchInfo, JobInfo
 from appliance.queue import LANES
 from appliance.schema import TaskRequest
@@ -103,17 +104,10 @@ class Submitting:
         return JobInfo.from_row(row)
 
     def _store_file(self, data: bytes, sha: str) -> Path:
-        folder = self.settings.uploads_dir / sha[:2]
-        path = folder / sha
-        if path.exists() and path.stat().st_size == len(data):
-            return path
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{sha}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        """Content-addressed under `uploads_dir`: the same bytes are stored once."""
+        path = self.settings.uploads_dir / sha[:2] / sha
+        if not (path.exists() and path.stat().st_size == len(data)):
+            atomic_write(path, data)
         return path
 
     def open_batch(
