@@ -451,3 +451,58 @@ def test_secret_key_file_is_made_once_and_private(tmp_path: Path) -> None:
     key = load_secret_key(path)
     assert len(key) == 64 and load_secret_key(path) == key
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+# -- browser paths and the demo banner (issue 17) -----------------------------------------
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize("path", ["/login", "/admin", "/api/v1/jobs"])
+def test_a_browser_on_a_path_without_a_page_is_sent_to_the_login(app: Any, path: str) -> None:
+    client = app.test_client()
+    answer = client.get(path, headers=BROWSER)
+    assert answer.status_code == 302
+    assert answer.headers["Location"].endswith("/panel/login")
+    # Programs still get the API's problem, as before.
+    api = client.get(path, headers={"Accept": "application/json"})
+    assert api.status_code == 401
+    assert api.get_json()["detail"].startswith("an API token is required")
+    # A bad token is a bad token, even from a browser.
+    bad = client.get(path, headers={**BROWSER, "Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+
+
+def test_favicon_is_served(app: Any) -> None:
+    answer = app.test_client().get("/favicon.ico", headers=BROWSER)
+    assert answer.status_code == 200
+    assert answer.mimetype == "image/vnd.microsoft.icon"
+    assert answer.data[:4] == b"\x00\x00\x01\x00"  # an ICO header
+    page = app.test_client().get("/panel/login").get_data(as_text=True)
+    assert 'rel="icon" href="/panel/static/favicon.ico"' in page
+
+
+def _manifest(folder: Path, name: str, role: str, demo: bool) -> None:
+    from appliance.registry import write_manifest
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    write_manifest(folder, name, role, "MllamaForConditionalGeneration", demo=demo)
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_demo_banner_shows_with_tiny_models_only(
+    tmp_path: Path, redis_server: str, demo: bool
+) -> None:
+    from web import create_app
+
+    models = tmp_path / "models"
+    _manifest(models / "vision-model", "some-vision", "vision", demo)
+    app = create_app(make_settings(tmp_path, redis_server, models_dir=models), {"TESTING": True})
+    _users(app).create("alice", PASSWORD)
+    client = app.test_client()
+    assert login(client, "alice").status_code == 302
+    page = client.get("/panel/").get_data(as_text=True)
+    assert ('id="demo-banner"' in page) is demo
+    if demo:
+        assert "random" in page and "some-vision" in page and "Using real" in page

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from flask import Flask, current_app, g, request
+from flask import Flask, abort, current_app, g, redirect, request, url_for
 
 from appliance.tokens import TokenInfo, scope_allows
 from web.problems import Problem
@@ -78,6 +78,14 @@ def _bearer() -> str | None:
     return value.strip() or None
 
 
+def _browser_navigation() -> bool:
+    """A browser loading a page: GET, no credentials at all, and HTML preferred over JSON."""
+    if request.method not in ("GET", "HEAD") or "Authorization" in request.headers:
+        return False
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and request.accept_mimetypes["text/html"] > 0
+
+
 def _unauthorized(detail: str) -> Problem:
     return Problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="appliance"'})
 
@@ -116,6 +124,12 @@ def authenticate() -> None:
             if principal is not None:
                 break
     if principal is None:
+        if _browser_navigation():
+            # A person typed a path into a browser (/login, an old bookmark): show them the
+            # panel's login page, not a JSON error meant for programs.
+            login = current_app.config.get("HTML_LOGIN_ENDPOINT")
+            if login is not None:
+                abort(redirect(url_for(login)))
         raise _unauthorized("an API token is required: send 'Authorization: Bearer <token>'")
     need = _required_scope()
     if not scope_allows(principal.scope, need):

@@ -58,6 +58,27 @@ class Services:
         return RateLimiter(self.redis, self.settings.api.rate_limit_per_minute)
 
     @cached_property
+    def demo_models(self) -> list[str]:
+        """Names of the configured models that are tiny demo ones (random weights): the panel
+        says so, so nobody mistakes their gibberish for a broken box. Read once per process."""
+        from appliance.errors import ModelError
+        from appliance.registry import ModelRegistry
+
+        registry = ModelRegistry(self.settings.models_dir)
+        names = []
+        for role, name in (
+            ("vision", self.settings.vision_model),
+            ("summarizer", self.settings.summarizer_model),
+        ):
+            try:
+                info = registry.resolve(role, name)
+            except ModelError:  # not installed here (e.g. a web-only box): nothing to say
+                continue
+            if info.demo:
+                names.append(info.name)
+        return names
+
+    @cached_property
     def token_cache(self) -> _TokenCache:
         from web.auth import _TokenCache
 

@@ -13,8 +13,9 @@ import secrets
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from flask import Blueprint, Flask, redirect, request, url_for
+from flask import Blueprint, Flask, current_app, redirect, request, send_from_directory, url_for
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
@@ -109,8 +110,23 @@ def _setup(app: Flask) -> None:
         # token check lets it through like the panel.
         home = Blueprint("panel_home", __name__)
         home.add_url_rule("/", "root", lambda: redirect(url_for("panel.index")))
+        # Every browser asks for it; without a route it got the API's JSON 401.
+        home.add_url_rule("/favicon.ico", "favicon", _favicon)
         app.register_blueprint(home)
         exempt_blueprint(app, home.name)
+    app.config.setdefault("HTML_LOGIN_ENDPOINT", "panel.login")
+    app.context_processor(_demo_banner)
+
+
+def _favicon() -> Any:
+    return send_from_directory(
+        bp.static_folder or "", "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400
+    )
+
+
+def _demo_banner() -> dict[str, Any]:
+    """`demo_models`: the tiny random-weight models are the ones configured (see base.html)."""
+    return {"demo_models": current_app.extensions["appliance"].demo_models}
 
 
 def init_app(app: Flask) -> None:
