@@ -348,3 +348,29 @@ def test_every_role_has_the_standard_layout() -> None:
             assert (role / part).is_file(), f"{role.name}: no {part}"
         for template in (role / "templates").glob("*.j2"):
             assert template.read_text().startswith("{{ ansible_managed | comment }}"), template
+
+
+def _role_yaml() -> dict[Path, object]:
+    import yaml
+
+    return {
+        p: yaml.safe_load(p.read_text()) for p in sorted((ANSIBLE_DIR / "roles").rglob("*.yml"))
+    }
+
+
+def test_handlers_are_lower_case_and_every_notify_names_one() -> None:
+    docs = _role_yaml()
+    handlers = {
+        task["name"]
+        for path, tasks in docs.items()
+        if path.parent.name == "handlers"
+        for task in tasks or []
+    }
+    assert handlers and all(name == name.lower() for name in handlers), handlers
+    notified: set[str] = set()
+    for path, tasks in docs.items():
+        if path.parent.name == "tasks":
+            for task in tasks or []:
+                notify = task.get("notify", [])
+                notified.update([notify] if isinstance(notify, str) else notify)
+    assert notified == handlers, notified ^ handlers
