@@ -374,3 +374,16 @@ def test_handlers_are_lower_case_and_every_notify_names_one() -> None:
                 notify = task.get("notify", [])
                 notified.update([notify] if isinstance(notify, str) else notify)
     assert notified == handlers, notified ^ handlers
+
+
+def test_fixed_paths_are_defined_once() -> None:
+    """The box's paths and service user are set in roles/appliance/vars/main.yml only; every
+    other role file refers to the appliance_* variables (comments aside)."""
+    home = ANSIBLE_DIR / "roles/appliance/vars/main.yml"
+    for path in sorted((ANSIBLE_DIR / "roles").rglob("*.yml")):
+        if path == home or path.parent.name == "meta":
+            continue
+        for line in path.read_text().splitlines():
+            code = line.split("#", 1)[0].rstrip()
+            assert not re.search(r"/opt/appliance|/etc/appliance|/var/lib/appliance", code), line
+            assert not re.search(r":\s+['\"]?appliance['\"]?$", code), f"{path}: {line}"
