@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.provisioning import target as t
-from tests.provisioning.units import SERVICES
+from tests.provisioning.units import HARDENING_DROPIN, SERVICES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -46,6 +46,7 @@ ENABLED = [
 ]
 TIMINGS: dict[str, float] = {}
 DROP = "/srv/drop/inbox"
+HARDENING_ON_BOX = "etc/systemd/system/appliance-.service.d/hardening.conf"
 BOX_VARS = {"drop_folders_list": [{"path": DROP, "task": "caption", "digest": False}]}
 
 
@@ -102,6 +103,7 @@ def applied(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             res = t.run(["systemd-analyze", "verify", f"--root={ov.root}", unit], check=False)
             app.checks[f"analyze {unit}"] = f"rc={res.returncode} stderr={res.stderr.strip()}"
         app.checks["enabled"] = json.dumps({rel: (ov.root / rel).is_symlink() for rel in ENABLED})
+        app.checks["hardening"] = (ov.root / HARDENING_ON_BOX).read_text()
         app.checks["worker.env"] = (ov.root / "etc/appliance/worker.env").read_text()
     finally:
         ov.unmount()
@@ -181,6 +183,7 @@ def test_second_apply_changes_nothing(applied: Applied) -> None:
 def test_units_installed_and_enabled(applied: Applied) -> None:
     enabled = json.loads(applied.checks["enabled"])
     assert all(enabled.values()), enabled
+    assert applied.checks["hardening"] == HARDENING_DROPIN.read_text()
 
 
 def test_workers_get_their_share_of_the_cores(applied: Applied) -> None:
@@ -305,6 +308,14 @@ def test_booted_target_serves_and_completes_a_job(
             assert "NRestarts=0" in show and "ActiveState=active" in show, (unit, show)
         mode = machine.sh("stat", "-c", "%U:%G %a", DROP).stdout.strip()
         assert mode == "appliance:appliance 2770", mode
+        # The shared drop-in reaches every running service, the worker's instance included.
+        for unit in ("appliance-web", "appliance-worker@cpu", "appliance-watch"):
+            props = "PrivateUsers,ProtectSystem,NoNewPrivileges,DevicePolicy,DropInPaths"
+            show = machine.sh("systemctl", "show", "-p", props, unit).stdout
+            got = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+            assert f"/{HARDENING_ON_BOX}" in got["DropInPaths"].split(), (unit, got)
+            assert (got["PrivateUsers"], got["ProtectSystem"], got["NoNewPrivileges"],
+                    got["DevicePolicy"]) == ("yes", "strict", "yes", "closed"), (unit, got)  # fmt: skip
 
         # The playbook against the running box: nothing to change, and its health gate passes.
         inv = tmp_path / "booted.json"
@@ -339,6 +350,26 @@ def test_booted_target_serves_and_completes_a_job(
         assert job.returncode == 0, f"{job.stdout}\n{job.stderr}\n{_journal(machine)}"
         result = json.loads(job.stdout.strip().splitlines()[-1])
         assert result["state"] == "succeeded", result
+
+        # The watcher runs with PrivateUsers=: a file of a user its namespace does not map
+        # (it shows as "nobody" there) is still read through the folder's group, and done.
+        part = f"{DROP}/dropped.png.part"  # ignored by the watcher until renamed
+        machine.sh(
+            f"{VENV}/bin/python", "-c",
+            f"from PIL import Image; Image.new('RGB', (64, 48), (40, 200, 40)).save({part!r}, 'PNG')",
+            check=True,
+        )  # fmt: skip
+        machine.sh("chown", "4321:appliance", part, check=True)
+        machine.sh("chmod", "0640", part, check=True)
+        machine.sh("mv", part, f"{DROP}/dropped.png", check=True)
+        sidecar = machine.root / DROP.lstrip("/") / "done/dropped.png.json"
+        error = machine.root / DROP.lstrip("/") / "failed/dropped.png.error.txt"
+        try:
+            t.wait_for(lambda: sidecar.exists() or error.exists(), timeout=240, what=sidecar.name)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{_journal(machine)}") from None
+        assert not error.exists(), error.read_text()
+        assert (sidecar.parent / "dropped.png").exists()
 
 
 def test_failed_health_gate_stops_the_rollout(applied: Applied, tmp_path: Path) -> None:
