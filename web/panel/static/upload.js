@@ -166,14 +166,16 @@
     const j = entry.job;
     const state = Panel.el("span", { class: "state state-" + j.state, text: j.state });
     if (j.error) state.title = j.error;
+    // data-label: the column's name, shown beside the value when a narrow card stacks the row.
     const cells = [
-      Panel.el("td", { class: "fname" }, Panel.el("a", { href: j.url, title: j.filename, text: j.filename })),
-      Panel.el("td", { text: j.task }),
-      Panel.el("td", {}, state, j.error ? Panel.el("div", { class: "hint error", text: j.error }) : null),
-      Panel.el("td", { class: "num", text: j.position ? String(j.position) : "" }),
-      Panel.el("td", { text: j.worker || "" }),
-      Panel.el("td", { class: "num elapsed", text: elapsed(entry) }),
-      Panel.el("td", {}, actionButton(j)),
+      Panel.el("td", { class: "fname c-file" }, Panel.el("a", { href: j.url, title: j.filename, text: j.filename })),
+      Panel.el("td", { class: "c-task", "data-label": "Task", text: j.task }),
+      Panel.el("td", { class: "c-state", "data-label": "State" }, state,
+        j.error ? Panel.el("div", { class: "hint error", text: j.error }) : null),
+      Panel.el("td", { class: "num c-pos", "data-label": "Pos.", text: j.position ? String(j.position) : "" }),
+      Panel.el("td", { class: "c-worker", "data-label": "Worker", title: j.worker || "", text: j.worker || "" }),
+      Panel.el("td", { class: "num elapsed c-time", "data-label": "Time", text: elapsed(entry) }),
+      Panel.el("td", { class: "c-act" }, actionButton(j)),
     ];
     entry.row.replaceChildren(...cells);
     entry.row.dataset.state = j.state;
