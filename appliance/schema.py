@@ -12,8 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from appliance.errors import InvalidRequest
+from appliance.vocab import FinishReason
 
-Task = Literal["caption", "describe", "question", "ocr", "table", "classify", "extract"]
+Task = Literal["caption", "describe", "question", "ocr", "table", "classify", "extract", "chat"]
+# What forms and the CLI offer. `chat` is not among them: it is the OpenAI endpoint's task, a
+# conversation (`TaskRequest.messages`) rather than one instruction about a file.
 TASKS: tuple[str, ...] = ("caption", "describe", "question", "ocr", "table", "classify", "extract")
 
 # The eight languages Llama 3.2 is officially tuned for.
@@ -30,6 +33,22 @@ LANGUAGES: dict[str, str] = {
 
 # A longer prompt is cut: it would only crowd the image out of the model's context.
 MAX_PROMPT_CHARS = 4000
+# A longer conversation (all turns' text) is refused: it is kept in the job's params, and
+# Llama 3.2's 128k-token context would not hold much more anyway.
+MAX_CHAT_CHARS = 200_000
+
+
+class ChatTurn(BaseModel):
+    """One turn of a conversation (task `chat`), in the order the client sent them."""
+
+    role: Literal["system", "user", "assistant"]
+    text: str = ""
+    # This turn carried the job's image (its input file): the engine places the image here.
+    image: bool = False
+
+
+# What the engine is asked: one instruction (a user turn), or a whole conversation.
+Prompt = str | Sequence[ChatTurn]
 
 
 class TaskRequest(BaseModel):
@@ -38,6 +57,9 @@ class TaskRequest(BaseModel):
     prompt: str | None = None
     labels: list[str] = Field(default_factory=list)
     fields: list[str] = Field(default_factory=list)
+    # Task `chat` only: the conversation, earlier turns included; `prompt` holds its last
+    # question, for listings and search.
+    messages: list[ChatTurn] = Field(default_factory=list)
     language: str = "en"
     summarize: bool = False
     max_new_tokens: int | None = None
@@ -56,11 +78,29 @@ class TaskRequest(BaseModel):
             raise InvalidRequest("task 'classify' needs at least two labels")
         if self.task == "extract" and not self.fields:
             raise InvalidRequest("task 'extract' needs at least one field name")
+        if self.task == "chat":
+            _check_chat(self.messages)
         return self
+
+    @property
+    def has_image(self) -> bool:
+        """Whether the job's input file is an image for the model: every task's is, but a
+        text-only chat's input file is the conversation itself (see `JobService.submit_chat`)."""
+        return self.task != "chat" or any(turn.image for turn in self.messages)
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys can share one padded `generate_batch` call."""
         return (self.max_new_tokens, self.temperature, self.seed)
+
+
+def _check_chat(turns: list[ChatTurn]) -> None:
+    if not turns or turns[-1].role != "user":
+        raise InvalidRequest("a chat must end with a user message")
+    with_image = [turn for turn in turns if turn.image]
+    if len(with_image) > 1 or any(turn.role != "user" for turn in with_image):
+        raise InvalidRequest("a chat job places its one image in one user message")
+    if sum(len(turn.text) for turn in turns) > MAX_CHAT_CHARS:
+        raise InvalidRequest(f"the conversation is longer than {MAX_CHAT_CHARS} characters")
 
 
 # Fields a form may set as they are; prompt, labels, fields and summarize are parsed.
@@ -99,6 +139,12 @@ class PageResult(BaseModel):
     # Parsed output: the chosen label for classify, the validated object for extract.
     data: Any = None
     tokens: int = 0
+    # Why the generation ended: "stop" (end-of-turn token) or "length" (cut at max_new_tokens);
+    # None in results written before it was recorded.
+    finish_reason: FinishReason | None = None
+    # The prompt's length in tokens as the processor counts them (an image is its one
+    # `<|image|>` token; its tiles reach the model through cross-attention, not the prompt).
+    prompt_tokens: int = 0
     timings: dict[str, float] = Field(default_factory=dict)
 
 

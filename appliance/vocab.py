@@ -1,6 +1,7 @@
 """The appliance's words, defined once: job states, intake sources, priority lanes, follow-up
-text states. Every other module (store, queue, watcher, API, panel, CLI, OpenAPI enums) imports
-them from here; a state written as a bare string anywhere else is a bug waiting to drift.
+text states, why a generation ended. Every other module (store, queue, watcher, API, panel,
+CLI, OpenAPI enums) imports them from here; a state written as a bare string anywhere else is
+a bug waiting to drift.
 
 Plain strings (with `Literal` types for checkers), not enums: they go into SQL columns, JSON,
 Redis messages and URLs unchanged.
@@ -42,6 +43,12 @@ def default_priority(source: str) -> str:
 # -- follow-up text work (a job's summary, a batch's digest); None = not asked for ----------
 PENDING: Final = "pending"
 DONE: Final = "done"
+
+# -- why a generation ended (the words OpenAI's `finish_reason` uses) -----------------------
+FinishReason = Literal["stop", "length"]
+STOP: Final = "stop"  # the model ended its turn with an end-of-turn token
+LENGTH: Final = "length"  # cut off: the row used up its max_new_tokens
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 
 # -- worker rows -----------------------------------------------------------------------------
 WorkerState = Literal["starting", "idle", "busy", "stopped"]

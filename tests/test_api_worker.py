@@ -151,12 +151,24 @@ def live_url(stack: dict[str, Any]) -> Iterator[str]:
         server.shutdown()
 
 
-def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> None:
+def _openai(stack: dict[str, Any], live_url: str) -> Any:
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{live_url}/v1", api_key=stack["secret"], max_retries=0, timeout=120)
-    models = [m.id for m in client.models.list().data]
-    assert models == ["tiny-mllama-vision"]
+    return OpenAI(base_url=f"{live_url}/v1", api_key=stack["secret"], max_retries=0, timeout=120)
+
+
+def _job_of(stack: dict[str, Any], completion_id: str) -> dict[str, Any]:
+    job_id = completion_id.removeprefix("chatcmpl-")
+    return stack["client"].get(f"/api/v1/jobs/{job_id}", headers=auth(stack["secret"])).json
+
+
+def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> None:
+    client = _openai(stack, live_url)
+    listed = client.models.list().data
+    roles = {m.id: getattr(m, "role", None) for m in listed}
+    assert roles == {"tiny-mllama-vision": "vision", "tiny-llama-summarizer": "summarizer"}
+    assert all(m.object == "model" and m.created > 0 for m in listed)
+    models = ["tiny-mllama-vision"]
     image = base64.b64encode(jpeg_bytes((120, 90), (20, 140, 60))).decode()
     messages: Any = [
         {
@@ -170,7 +182,10 @@ def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> N
     answer = client.chat.completions.create(model=models[0], messages=messages, max_tokens=6)
     assert answer.choices[0].message.role == "assistant"
     assert isinstance(answer.choices[0].message.content, str)
-    assert answer.choices[0].finish_reason == "stop"
+    assert answer.model == models[0] and answer.usage is not None
+    # The reason matches the generation: a reply shorter than its budget ended on its own.
+    cut = answer.usage.completion_tokens == 6
+    assert answer.choices[0].finish_reason == ("length" if cut else "stop")
 
     chunks = list(
         client.chat.completions.create(
@@ -183,9 +198,10 @@ def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> N
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
-    assert chunks[-1].usage is not None
-    assert isinstance(text, str)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == answer.choices[0].finish_reason  # greedy: the same answer
+    assert chunks[-1].usage is not None and chunks[-1].usage == answer.usage
+    assert text == answer.choices[0].message.content
 
     # An https image URL cannot be fetched offline: a clear 400, in OpenAI's error shape too.
     from openai import BadRequestError
@@ -203,3 +219,83 @@ def test_openai_client_gets_an_answer(stack: dict[str, Any], live_url: str) -> N
             ],
         )
     assert "only data: image URLs" in str(err.value)
+
+
+def test_openai_text_only_chat_is_answered_and_cut_at_max_tokens(
+    stack: dict[str, Any], live_url: str
+) -> None:
+    client = _openai(stack, live_url)
+    messages: Any = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello! What can you do?"},
+    ]
+    answer = client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=3)
+    assert answer.choices[0].message.content.strip()
+    assert answer.model == "tiny-mllama-vision"  # the model that answered, not the one named
+    assert answer.choices[0].finish_reason == "length"
+    usage = answer.usage
+    assert usage.completion_tokens == 3 and usage.prompt_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+    # A job like any other: its stored input file is the conversation itself.
+    job = _job_of(stack, answer.id)
+    assert job["state"] == "succeeded" and job["filename"] == "chat.json"
+    assert job["request"]["task"] == "chat" and job["request"]["prompt"] == messages[1]["content"]
+    original = stack["client"].get(f"/api/v1/jobs/{job['id']}/image", headers=auth(stack["secret"]))
+    stored = json.loads(original.data)["messages"]
+    assert [(t["role"], t["text"], t["image"]) for t in stored] == [
+        ("system", messages[0]["content"], False),
+        ("user", messages[1]["content"], False),
+    ]
+
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny-mllama-vision",
+            messages=messages,
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and all(f is None for f in finishes[:-1])
+    assert chunks[-1].usage.completion_tokens == 3 and chunks[-1].usage.prompt_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError, match="summarizer model"):
+        client.chat.completions.create(model="tiny-llama-summarizer", messages=messages)
+
+
+def test_openai_follow_up_about_an_image_from_an_earlier_turn(
+    stack: dict[str, Any], live_url: str
+) -> None:
+    client = _openai(stack, live_url)
+    jpeg = jpeg_bytes((120, 90), (200, 40, 40))
+    image = {
+        "type": "image_url",
+        "image_url": {"url": f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}"},
+    }
+    follow_up = "Is it a light or a dark colour?"
+    messages: Any = [
+        {"role": "user", "content": [{"type": "text", "text": "What colour is this?"}, image]},
+        {"role": "assistant", "content": "It is red."},
+        {"role": "user", "content": follow_up},
+    ]
+    answer = client.chat.completions.create(model="tiny-mllama-vision", messages=messages)
+    assert answer.choices[0].message.content.strip()
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    job = _job_of(stack, answer.id)
+    assert job["request"]["prompt"] == follow_up
+    assert [t["image"] for t in job["request"]["messages"]] == [True, False, False]
+    # The image from the first turn is the job's input file, as an upload's would be.
+    original = stack["client"].get(f"/api/v1/jobs/{job['id']}/image", headers=auth(stack["secret"]))
+    assert original.mimetype == "image/jpeg" and original.data == jpeg
+
+    # The earlier turns are in the prompt: the follow-up alone is a shorter one.
+    alone = client.chat.completions.create(
+        model="tiny-mllama-vision",
+        messages=[{"role": "user", "content": [{"type": "text", "text": follow_up}, image]}],
+    )
+    assert answer.usage.prompt_tokens > alone.usage.prompt_tokens > 0

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from appliance.errors import ModelError
+from appliance.vocab import LENGTH, STOP, FinishReason
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -23,6 +24,9 @@ class GenParams:
     return_logits: bool = False
     # Benchmarks force a fixed decode length; random weights may otherwise stop at once.
     min_new_tokens: int = 0
+    # More tokens that end a row as the model's end-of-turn tokens do (stop tokens; tests use
+    # one to make a random-weight model stop on a known step).
+    stop_token_ids: tuple[int, ...] = ()
     # Asked after every decoding step: True ends the generation and raises `Cancelled` (a job
     # cancelled while it runs frees its GPU at once instead of decoding to the end).
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
@@ -36,6 +40,10 @@ class Generation:
     # (steps, vocab) float32 on CPU when GenParams.return_logits; one row per generated token,
     # including the step that produced the end-of-turn token.
     logits: torch.Tensor | None = None
+    # STOP: the row ended on an end-of-turn (or stop) token; LENGTH: max_new_tokens cut it.
+    finish_reason: FinishReason = STOP
+    # The row's prompt length in tokens, padding excluded.
+    prompt_tokens: int = 0
 
 
 def set_cpu_threads(threads: int) -> None:
@@ -126,6 +134,14 @@ def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
         if tok in eos:
             return ids[:i]
     return ids
+
+
+def end_of_row(ids: list[int], eos: set[int]) -> tuple[list[int], FinishReason]:
+    """The row's tokens before its first end token, and why it ended: STOP at an end token;
+    LENGTH without one (the row ran to max_new_tokens: `generate` stops a row on nothing else,
+    and a cancel raises instead of returning)."""
+    kept = cut_at_eos(ids, eos)
+    return kept, STOP if len(kept) < len(ids) else LENGTH
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> set[int]:

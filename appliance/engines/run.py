@@ -12,7 +12,7 @@ from PIL import Image
 from appliance.engines.common import Generation, GenParams
 from appliance.errors import ApplianceError, ExtractionFailed
 from appliance.presets import STRUCTURED_TASKS, build_prompt, parse_output, repair_prompt
-from appliance.schema import PageResult, TaskRequest
+from appliance.schema import PageResult, Prompt, TaskRequest
 from appliance.settings import Generation as GenerationDefaults
 
 DEFAULT_MAX_BATCH = 8
@@ -20,7 +20,7 @@ DEFAULT_MAX_BATCH = 8
 
 class BatchEngine(Protocol):
     def generate_batch(
-        self, images: list[Image.Image], prompts: list[str], params: GenParams
+        self, images: list[Image.Image | None], prompts: list[Prompt], params: GenParams
     ) -> list[Generation]: ...
 
 
@@ -28,8 +28,8 @@ class BatchEngine(Protocol):
 class _Page:
     item: int
     page: int  # 0-based
-    image: Image.Image
-    prompt: str
+    image: Image.Image | None  # None: a text-only chat
+    prompt: Prompt
     params: GenParams
     gen: Generation | None = None
     data: object = None
@@ -102,9 +102,9 @@ def run_tasks(
     `should_stop` ends the generation early with `Cancelled` (see GenParams).
     """
     pages = [
-        _Page(i, p, image, build_prompt(req), params_for(req, defaults, should_stop))
+        _Page(i, p, image, _prompt(req), params_for(req, defaults, should_stop))
         for i, (images, req) in enumerate(items)
-        for p, image in enumerate(images)
+        for p, image in enumerate(_inputs(images, req))
     ]
     _generate(engine, pages, max_batch)
     retry = []
@@ -137,6 +137,16 @@ def run_tasks(
             continue
         out.append([_result(p) for p in mine])
     return out
+
+
+def _prompt(req: TaskRequest) -> Prompt:
+    # A conversation goes to the model as it came: its turns are the prompt, no preset wraps it.
+    return list(req.messages) if req.task == "chat" else build_prompt(req)
+
+
+def _inputs(images: list[Image.Image], req: TaskRequest) -> list[Image.Image | None]:
+    """One row per page; a text-only chat has no page and is one row without an image."""
+    return list(images) if req.has_image else [None]
 
 
 def _generate(engine: BatchEngine, pages: list[_Page], max_batch: int) -> None:
@@ -179,5 +189,7 @@ def _result(page: _Page) -> PageResult:
         text=page.gen.text,
         data=page.data,
         tokens=len(page.gen.token_ids),
+        finish_reason=page.gen.finish_reason,
+        prompt_tokens=page.gen.prompt_tokens,
         timings={**page.gen.timings, "attempts": float(page.attempts)},
     )

@@ -12,7 +12,7 @@ from appliance.engines.common import (
     Generation,
     GenParams,
     PrefillClock,
-    cut_at_eos,
+    end_of_row,
     greedy_kwargs,
     pad_left,
     resolve_device,
@@ -165,7 +165,7 @@ class SummarizerEngine:
             )
         sync(self.device)
         t2 = time.perf_counter()
-        ids = cut_at_eos(out.sequences[0, input_ids.shape[1] :].tolist(), self._eos)
+        ids, finish = end_of_row(out.sequences[0, input_ids.shape[1] :].tolist(), self._eos)
         logits = None
         if params.return_logits and out.logits:
             steps = min(len(ids) + 1, len(out.logits))
@@ -175,6 +175,8 @@ class SummarizerEngine:
             token_ids=ids,
             timings=timings(t1 - t0, t1, clock, t2, 1),
             logits=logits,
+            finish_reason=finish,
+            prompt_tokens=int(input_ids.shape[1]),
         )
 
 

@@ -14,7 +14,7 @@ from appliance.engines.common import (
     Generation,
     GenParams,
     PrefillClock,
-    cut_at_eos,
+    end_of_row,
     greedy_kwargs,
     pad_left,
     resolve_device,
@@ -25,6 +25,7 @@ from appliance.engines.common import (
 )
 from appliance.errors import Cancelled, InvalidRequest, ModelError
 from appliance.registry import MANIFEST, load_local, read_manifest
+from appliance.schema import ChatTurn, Prompt
 
 IMAGE_TOKEN = "<|image|>"
 QUANTIZATIONS = ("none", "int8", "int4")
@@ -103,13 +104,14 @@ class VisionEngine:
         model.eval()
         return cls(model, processor, name=name, device=dev)
 
-    def generate(self, image: Image.Image, prompt: str, params: GenParams) -> Generation:
+    def generate(self, image: Image.Image | None, prompt: Prompt, params: GenParams) -> Generation:
         return self.generate_batch([image], [prompt], params)[0]
 
-    def build_text(self, prompt: str) -> str:
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        ]
+    def build_text(self, prompt: Prompt, image: bool = True) -> str:
+        """The chat-template text for one row: `prompt` as one user turn, or a conversation;
+        `image`: the row has an image, placed in the user turn that carried it (the first user
+        turn for a plain prompt)."""
+        messages = _template_messages(prompt, image)
         template_owner = (
             self.processor
             if getattr(self.processor, "chat_template", None)
@@ -119,25 +121,32 @@ class VisionEngine:
             messages, add_generation_prompt=True, tokenize=False
         )
         # A prompt without the image marker passes the processor and then fails inside generate.
-        if text.count(IMAGE_TOKEN) != 1:
+        if text.count(IMAGE_TOKEN) != int(image):
             raise ModelError(
                 f"vision model {self.name}: chat template does not place {IMAGE_TOKEN}"
             )
         return text
 
     def generate_batch(
-        self, images: list[Image.Image], prompts: list[str], params: GenParams
+        self, images: list[Image.Image | None], prompts: list[Prompt], params: GenParams
     ) -> list[Generation]:
-        """One padded `generate` call for all rows; results are in input order."""
+        """One padded `generate` call for all rows; results are in input order. A row whose
+        image is None is text only (Mllama then skips its cross-attention layers)."""
         if len(images) != len(prompts):
             raise InvalidRequest(f"{len(images)} images but {len(prompts)} prompts")
         if not images:
             return []
+        text_only = [i for i, image in enumerate(images) if image is None]
+        if text_only and len(text_only) < len(images):
+            # The processor refuses a batch where some rows have an image and others none.
+            return self._split(images, prompts, params, text_only)
         t0 = time.perf_counter()
-        texts = [self.build_text(p) for p in prompts]
-        rgb = [[img if img.mode == "RGB" else img.convert("RGB")] for img in images]
+        texts = [self.build_text(p, image=not text_only) for p in prompts]
+        rgb = [
+            [img if img.mode == "RGB" else img.convert("RGB")] for img in images if img is not None
+        ]
         inputs = self.processor(
-            images=rgb,
+            images=rgb or None,
             text=texts,
             add_special_tokens=False,  # the chat template already starts with BOS
             padding=True,
@@ -155,6 +164,8 @@ class VisionEngine:
             from transformers import StoppingCriteriaList
 
             stopping = StoppingCriteriaList([_StopWhen(params.should_stop)])
+        ends = self._eos | set(params.stop_token_ids)
+        extra: dict[str, Any] = {"eos_token_id": sorted(ends)} if params.stop_token_ids else {}
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -165,6 +176,7 @@ class VisionEngine:
                 return_dict_in_generate=True,
                 output_logits=params.return_logits,
                 **greedy_kwargs(params),
+                **extra,
             )
         sync(self.device)
         t2 = time.perf_counter()
@@ -172,18 +184,68 @@ class VisionEngine:
             raise Cancelled("cancelled while it ran")
 
         prompt_len = inputs["input_ids"].shape[1]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         new = out.sequences[:, prompt_len:].tolist()
         stamp = timings(t1 - t0, t1, clock, t2, len(images))
         results = []
-        for row, ids in enumerate(new):
-            ids = cut_at_eos(ids, self._eos)
+        for row, row_ids in enumerate(new):
+            ids, finish = end_of_row(row_ids, ends)
             logits = None
             if params.return_logits and out.logits:
                 steps = min(len(ids) + 1, len(out.logits))
                 logits = torch.stack([out.logits[s][row] for s in range(steps)]).float().cpu()
             text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            results.append(Generation(text=text, token_ids=ids, timings=dict(stamp), logits=logits))
+            results.append(
+                Generation(
+                    text=text,
+                    token_ids=ids,
+                    timings=dict(stamp),
+                    logits=logits,
+                    finish_reason=finish,
+                    prompt_tokens=int(prompt_tokens[row]),
+                )
+            )
         return results
+
+    def _split(
+        self,
+        images: list[Image.Image | None],
+        prompts: list[Prompt],
+        params: GenParams,
+        text_only: list[int],
+    ) -> list[Generation]:
+        """Rows with images and text-only rows as two `generate` calls, in input order."""
+        rest = set(range(len(images))) - set(text_only)
+        groups = [text_only, sorted(rest)]
+        done: dict[int, Generation] = {}
+        for rows in groups:
+            gens = self.generate_batch(
+                [images[i] for i in rows], [prompts[i] for i in rows], params
+            )
+            done.update(zip(rows, gens, strict=True))
+        return [done[i] for i in range(len(images))]
+
+
+def _template_messages(prompt: Prompt, image: bool) -> list[dict[str, Any]]:
+    """Chat-template messages for `prompt`, with the image part where it belongs."""
+    turns = [ChatTurn(role="user", text=prompt, image=image)] if isinstance(prompt, str) else prompt
+    if image and not any(turn.image for turn in turns):
+        raise InvalidRequest("the conversation has no turn for its image")
+    # Llama 3.2 Vision's template refuses a system message next to an image: fold the system
+    # text into the first user turn instead, so the instruction still reaches the model.
+    system = "\n\n".join(t.text for t in turns if t.role == "system") if image else ""
+    messages: list[dict[str, Any]] = []
+    for turn in turns:
+        if turn.role == "system":
+            if not image:  # templates read a system message's content as a string
+                messages.append({"role": "system", "content": turn.text})
+            continue
+        text = turn.text
+        if system and turn.role == "user":
+            text, system = f"{system}\n\n{text}", ""
+        parts: list[dict[str, Any]] = [{"type": "image"}] if image and turn.image else []
+        messages.append({"role": turn.role, "content": [*parts, {"type": "text", "text": text}]})
+    return messages
 
 
 class _StopWhen:

@@ -1,12 +1,13 @@
 """The intake half of `JobService`: queue one file (`submit`), several at once (`submit_many`),
-and the batches that group them. Every door comes in here: the REST API, the panel and the
-OpenAI-compatible endpoint through `submit_many`, the drop-folder watcher and `appliance submit`
+and the batches that group them. Every door comes in here: the REST API and the panel through
+`submit_many`, the OpenAI-compatible endpoint through `submit_chat`, the drop-folder watcher and `appliance submit`
 through `submit` and the batch calls.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,9 @@ from appliance.queue import LANES
 from appliance.schema import TaskRequest
 from appliance.store.tables import Batch, Job
 from appliance.vocab import SOURCES, Priority, Source, default_priority
+
+# The input file of a text-only chat: the conversation itself.
+CHAT_TRANSCRIPT = "chat.json"
 
 if TYPE_CHECKING:
     from appliance.jobs.backend import JobBackend
@@ -195,3 +199,27 @@ class Submitting:
         if own_batch:
             self.close_batch(batch_id)  # type: ignore[arg-type]
         return Submission(jobs, batch_id)
+
+    def submit_chat(
+        self,
+        images: Sequence[bytes],
+        request: TaskRequest,
+        *,
+        source: Source,
+        owner: str | None = None,
+        priority: Priority | None = None,
+    ) -> Submission:
+        """Queue a conversation (task `chat`): one job per image of its image turn, each image
+        its job's input file, or, with no image, one job whose input file is the conversation
+        as JSON, so that a text-only job is stored, retried and purged like any other.
+        The jobs are independent (one answer, no batch digest)."""
+        if request.task != "chat" or request.has_image != bool(images):
+            raise InvalidRequest("a chat's images and its request's image turn do not match")
+        files = [(data, f"chat-image-{index + 1}") for index, data in enumerate(images)]
+        if not images:
+            turns = [turn.model_dump(mode="json") for turn in request.messages]
+            transcript = json.dumps({"messages": turns}, ensure_ascii=False, indent=1)
+            files = [(transcript.encode(), CHAT_TRANSCRIPT)]
+        return self.submit_many(
+            files, request, source=source, owner=owner, priority=priority, grouped=False
+        )

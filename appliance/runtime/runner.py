@@ -25,11 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import (
-    Cancelled,
-    IntakeError,
-    TransientError,
-)
+from appliance.errors import Cancelled, IntakeError, TransientError
 from appliance.runtime.failures import error_code, is_oom, is_permanent, one_line
 from appliance.runtime.watchdog import Watchdog
 from appliance.schema import AnalysisResult, TaskRequest
@@ -166,7 +162,9 @@ class JobRunner:
             started = time.perf_counter()
             try:
                 data = Path(job.input_path).read_bytes()
-                pages = self.pipeline.load(data)
+                # A text-only chat's input file is its conversation, which the request already
+                # holds: it must be there like any input, but it is no image to decode.
+                pages = self.pipeline.load(data) if _request(job).has_image else []
             except FileNotFoundError:
                 self._fail(job, claim, f"input file is missing: {job.input_path}", "missing_input")
                 continue

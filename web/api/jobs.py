@@ -248,12 +248,17 @@ class Image(MethodView):
     @blp.arguments(ImageQuerySchema, location="query")
     @blp.response(200, description="The original file, or a JPEG preview of one page")
     def get(self, query: dict[str, Any], job_id: str) -> Response:
-        """The uploaded file (`variant=original`) or a JPEG thumbnail of page `page`."""
+        """The uploaded file (`variant=original`) or a JPEG thumbnail of page `page`; a
+        text-only chat's file is its conversation (JSON), with no thumbnail."""
         svc = services()
         job = jobview.get_or_404(svc.jobs, job_id)
         if job.input_purged:
             raise Problem(410, f"the file of job {job_id} was removed by the retention policy")
         data = svc.jobs.input_file(job_id).read_bytes()
+        if not job.request.has_image:  # a text-only chat: its input file is the conversation
+            if query["variant"] != "original":
+                raise Problem(404, f"job {job_id} is a text-only chat: it has no image")
+            return Response(data, mimetype="application/json")
         kind = intake.sniff(data)
         if query["variant"] == "original":
             resp = Response(data, mimetype=intake.MIME_TYPES[kind])

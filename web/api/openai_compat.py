@@ -1,9 +1,11 @@
 """OpenAI-compatible chat completions, routed through the job queue like every other request.
 
-`openai_messages` reads what a request carries: the images of the latest user message that has
-any, and the last user message's text as the question. Each image becomes one `interactive` job
-with source `api`; the view waits for them, so these requests share the GPUs fairly with
-uploads and drop folders.
+`openai_messages` reads the conversation (system, user and assistant turns) and the images of
+its latest user message that has any. The vision model answers, text-only chats included: each
+image becomes one `interactive` `chat` job with source `api`, and a chat without an image one
+job of its own (`JobService.submit_chat`). The view waits for them, so these requests share the
+GPUs fairly with uploads and drop folders. `finish_reason` and `usage` come from what the
+worker's generation reported.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import marshmallow as ma
+import pydantic
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from appliance.errors import ApplianceError, JobNotFound, ModelError
-from appliance.registry import ModelRegistry
-from appliance.schema import TaskRequest
-from appliance.vocab import INTERACTIVE
+from appliance.errors import ApplianceError, JobNotFound
+from appliance.registry import MANIFEST
+from appliance.schema import MAX_PROMPT_CHARS, ChatTurn, TaskRequest
+from appliance.vocab import INTERACTIVE, LENGTH, STOP
 from web import sse
 from web.api import jobview
 from web.api.openai_messages import bad_request, parse_messages
+from web.api.openai_models import chat_model, served
 from web.problems import Problem
 from web.services import services
 
@@ -92,6 +96,7 @@ class ModelSchema(ma.Schema):
     object = ma.fields.String()
     created = ma.fields.Integer()
     owned_by = ma.fields.String()
+    role = ma.fields.String(metadata={"description": "vision (answers chats) or summarizer"})
 
 
 class ModelListSchema(ma.Schema):
@@ -99,29 +104,23 @@ class ModelListSchema(ma.Schema):
     data = ma.fields.List(ma.fields.Nested(ModelSchema))
 
 
-def _vision_model_name() -> str:
-    settings = services().settings
-    try:
-        return ModelRegistry(settings.models_dir).resolve("vision", settings.vision_model).name
-    except ModelError:
-        return settings.vision_model or "vision"
-
-
 @blp.route("/models")
 class Models(MethodView):
     @blp.response(200, ModelListSchema)
     def get(self) -> dict[str, Any]:
-        """Installed vision models, as OpenAI's model list."""
-        settings = services().settings
-        try:
-            infos = [i for i in ModelRegistry(settings.models_dir).list() if i.role == "vision"]
-        except ModelError:
-            infos = []
+        """The models this box serves, as OpenAI's model list, each with its `role`."""
         return {
             "object": "list",
             "data": [
-                {"id": i.name, "object": "model", "created": 0, "owned_by": "appliance"}
-                for i in infos
+                {
+                    "id": info.name,
+                    "object": "model",
+                    # When the model was installed: its manifest's time.
+                    "created": int((info.path / MANIFEST).stat().st_mtime),
+                    "owned_by": "appliance",
+                    "role": info.role,
+                }
+                for info in served()
             ],
         }
 
@@ -134,34 +133,35 @@ class ChatCompletions(MethodView):
         200, description="With stream=true: text/event-stream of chunks", success=True
     )
     def post(self, body: dict[str, Any]) -> Any:
-        """Answer an image question (non-streaming, or streaming as OpenAI SSE chunks)."""
+        """Answer a chat, text-only or about an image (non-streaming, or streaming as OpenAI
+        SSE chunks)."""
         svc = services()
         settings = svc.settings
-        images, text = parse_messages(
+        model = chat_model(body.get("model") or "")
+        images, turns = parse_messages(
             body["messages"], settings.api.max_files, settings.limits.max_bytes
         )
         try:
             request = TaskRequest(
-                task="question" if text else "caption",
-                prompt=text or None,
+                task="chat",
+                messages=turns,
+                prompt=_question(turns),
                 max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
                 temperature=body.get("temperature"),
                 seed=body.get("seed"),
             )
-        except ApplianceError as exc:
+        except (ApplianceError, pydantic.ValidationError) as exc:
             raise bad_request(str(exc)) from None
-        jobview.check_queue_capacity(svc, len(images))
+        jobview.check_queue_capacity(svc, max(1, len(images)))
         owner = getattr(g, "principal", None)
-        done = svc.jobs.submit_many(
-            [(data, f"chat-image-{index + 1}") for index, data in enumerate(images)],
+        done = svc.jobs.submit_chat(
+            images,
             request,
             source="api",
             owner=owner.name if owner else None,
             priority=INTERACTIVE,
-            grouped=False,  # one answer, no digest: the images are not a batch
         )
         job_ids = [job.id for job in done.jobs]
-        model = body.get("model") or _vision_model_name()
         completion_id = f"chatcmpl-{job_ids[0]}"
         created = int(time.time())
         timeout = settings.api.sync_timeout_seconds
@@ -170,7 +170,7 @@ class ChatCompletions(MethodView):
             stream = _stream(svc, job_ids, timeout, completion_id, created, model, include_usage)
             return sse.response(stream)
         jobs = jobview.wait_all(svc.jobs, job_ids, timeout, cancel_on_timeout=True)
-        content, tokens = _answer(svc, jobs)
+        content, finish, usage = _answer(jobs)
         return {
             "id": completion_id,
             "object": "chat.completion",
@@ -180,16 +180,23 @@ class ChatCompletions(MethodView):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                 }
             ],
-            "usage": _usage(tokens),
+            "usage": usage,
         }
 
 
-def _answer(svc: Any, jobs: list[Any]) -> tuple[str, int]:
-    """The joined answers, or a problem naming why a job did not succeed."""
-    texts, tokens = [], 0
+def _question(turns: list[ChatTurn]) -> str | None:
+    """The last user turn's text: the job's `prompt`, which listings and search show."""
+    last = next((t.text for t in reversed(turns) if t.role == "user"), "")
+    return last.strip()[:MAX_PROMPT_CHARS] or None
+
+
+def _answer(jobs: list[Any]) -> tuple[str, str, dict[str, int]]:
+    """The joined answers, the finish reason and the token usage, or a problem naming why a
+    job did not succeed."""
+    texts, pages = [], []
     for job in jobs:
         failure = jobview.failure(job)
         if failure is not None:
@@ -198,15 +205,19 @@ def _answer(svc: Any, jobs: list[Any]) -> tuple[str, int]:
             )
         result = jobview.result_of(job)
         texts.append(result.text if result else "")
-        tokens += sum(p.tokens for p in result.pages) if result else 0
+        pages += result.pages if result else []
+    # One cut answer (of several images, or pages) makes the reply a cut one.
+    finish = LENGTH if any(p.finish_reason == LENGTH for p in pages) else STOP
+    prompt_tokens = sum(p.prompt_tokens for p in pages)
+    completion_tokens = sum(p.tokens for p in pages)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
     if len(texts) == 1:
-        return texts[0], tokens
-    return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), tokens
-
-
-def _usage(tokens: int) -> dict[str, int]:
-    # Workers report the tokens they generate; the prompt (an image) is not counted.
-    return {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}
+        return texts[0], finish, usage
+    return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), finish, usage
 
 
 def _stream(
@@ -245,7 +256,7 @@ def _stream(
             break
         yield sse.KEEPALIVE
     try:
-        content, tokens = _answer(svc, jobs)
+        content, finish, usage = _answer(jobs)
     except Problem as exc:
         yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
         return
@@ -253,7 +264,7 @@ def _stream(
     # stream as they would from a token-by-token server.
     for piece in re.findall(r"\S+\s*|\s+", content):
         yield delta({"content": piece})
-    yield delta({}, "stop")
+    yield delta({}, finish)
     if include_usage:
-        yield chunk([], usage=_usage(tokens))
+        yield chunk([], usage=usage)
     yield sse.message("[DONE]")

@@ -1,8 +1,8 @@
-"""The OpenAI chat request's messages: which images and which question a request carries.
+"""The OpenAI chat request's messages: the conversation's turns and which images it carries.
 
-Only what vision clients use: the images (as `data:` URLs: the box is offline, it cannot fetch
-`https://` images) of the latest user message that has any, and the text of the last user
-message as the question.
+Only what chat and vision clients use: system, user and assistant text, and the images (as
+`data:` URLs: the box is offline, it cannot fetch `https://` images) of the latest user message
+that has any.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import binascii
 import re
 from typing import Any
 
+from appliance.schema import ChatTurn
 from web.problems import Problem
 
 _DATA_URL = re.compile(
@@ -46,38 +47,52 @@ def _decode_image(url: Any, max_bytes: int) -> bytes:
 
 def parse_messages(
     messages: list[dict[str, Any]], max_images: int, max_bytes: int
-) -> tuple[list[bytes], str]:
-    """The images of the latest user message that has any, and the last user message's text."""
-    images: list[bytes] = []
-    text = ""
-    text_found = False
-    for message in reversed(messages):
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        parts: list[Any] = (
-            [{"type": "text", "text": content}] if isinstance(content, str) else content
-        )
-        if not isinstance(parts, list):
-            raise bad_request("message content must be a string or a list of parts")
-        found: list[bytes] = []
-        texts: list[str] = []
-        for part in parts:
-            if not isinstance(part, dict):
-                raise bad_request("each content part must be an object")
-            if part.get("type") == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            elif part.get("type") == "image_url":
-                image_url = part.get("image_url")
-                url = image_url.get("url") if isinstance(image_url, dict) else image_url
-                found.append(_decode_image(url, max_bytes))
-        if not text_found:
-            text, text_found = "\n".join(t for t in texts if t.strip()), True
-        if found and not images:
-            images = found
-            break
-    if not images:
-        raise bad_request("no image in the conversation: send an image_url part with a data: URL")
-    if len(images) > max_images:
+) -> tuple[list[bytes], list[ChatTurn]]:
+    """The conversation as turns, and the images of the latest user message that has any
+    (that turn is marked `image`). Images of earlier messages are not decoded: the model sees
+    one image per answer (Llama 3.2 Vision is trained on single images); their text stays."""
+    turns: list[ChatTurn] = []
+    urls: list[list[Any]] = []
+    for message in messages:
+        role = _ROLES.get(str(message.get("role")))
+        if role is None:
+            continue  # tool calls and tool results: nothing this model reads
+        texts, found = _parts(message.get("content"))
+        if found and role != "user":
+            raise bad_request("images belong in user messages")
+        if role == "assistant" and not texts:
+            continue  # an assistant turn that only called tools
+        turns.append(ChatTurn(role=role, text="\n".join(t for t in texts if t.strip())))
+        urls.append(found)
+    with_images = [index for index, found in enumerate(urls) if found]
+    if not with_images:
+        return [], turns
+    last = with_images[-1]
+    if len(urls[last]) > max_images:
         raise Problem(413, f"at most {max_images} images per request")
-    return images, text.strip()
+    turns[last].image = True
+    return [_decode_image(url, max_bytes) for url in urls[last]], turns
+
+
+# OpenAI's roles as the model's chat template knows them ("developer" is the newer "system").
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _parts(content: Any) -> tuple[list[str], list[Any]]:
+    """The text parts and the image URLs of one message's content."""
+    if content is None:
+        return [], []
+    parts: list[Any] = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise bad_request("message content must be a string or a list of parts")
+    texts: list[str] = []
+    urls: list[Any] = []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise bad_request("each content part must be an object")
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part.get("type") == "image_url":
+            image_url = part.get("image_url")
+            urls.append(image_url.get("url") if isinstance(image_url, dict) else image_url)
+    return texts, urls

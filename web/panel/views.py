@@ -98,6 +98,7 @@ def job(job_id: str) -> str:
         params=params,
         result=result,
         page_count=page_count,
+        has_image=row.request.has_image,  # a text-only chat's input is no image to show
         batch=_batch(row),
         render=render,
     )
