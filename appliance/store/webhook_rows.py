@@ -108,7 +108,7 @@ class WebhookRecords(StoreSession):
                 .limit(limit)
             )
             taken: list[Due] = []
-            for delivery, sub in session.execute(stmt).tuples().all():
+            for delivery, sub in session.execute(stmt).all():
                 if self._lease(session, delivery.id, now, now + timedelta(seconds=lease_s)):
                     taken.append((delivery, sub))
             return taken
