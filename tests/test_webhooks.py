@@ -266,3 +266,6 @@ def test_folder_subscriptions_come_from_the_settings(tmp_path: Path) -> None:
     box.service.settings = load_settings(config_file=tmp_path / "none.toml")
     box.service.sync_settings()  # removed from the file: disabled, with the reason
     assert box.service.get(sub.id).disabled_reason == "removed from the settings file"
+    box.service.settings = settings
+    box.service.sync_settings()  # back in the file: enabled again
+    assert box.service.get(sub.id).enabled

@@ -19,6 +19,8 @@ from appliance.store.webhook_tables import WebhookAttempt, WebhookDelivery, Webh
 from appliance.vocab import DELIVERED, FAILED, PENDING
 
 Due = tuple[WebhookDelivery, WebhookSubscription]
+# Why a settings subscription was disabled; it comes back when the file lists it again.
+REMOVED_FROM_SETTINGS = "removed from the settings file"
 
 
 def _due(now: datetime) -> list[object]:
@@ -66,7 +68,8 @@ class WebhookRecords(StoreSession):
 
     def sync_subscriptions(self, origin: str, wanted: Iterable[WebhookSubscription]) -> int:
         """Make the `origin` rows match `wanted` (by id): add new ones, update changed ones,
-        disable those no longer wanted. A row an admin disabled stays disabled."""
+        disable those no longer wanted (and enable them again once they are back). A row an
+        admin or the failure rule disabled stays disabled."""
         wanted = {row.id: row for row in wanted}
         with self.write() as session:
             stmt = select(WebhookSubscription).where(WebhookSubscription.origin == origin)
@@ -78,10 +81,12 @@ class WebhookRecords(StoreSession):
                     continue
                 old.url, old.events, old.secret = row.url, row.events, row.secret
                 old.description, old.folder = row.description, row.folder
+                if not old.enabled and old.disabled_reason == REMOVED_FROM_SETTINGS:
+                    old.enabled, old.disabled_at, old.disabled_reason = True, None, None
             for sub_id, old in have.items():
                 if sub_id not in wanted and old.enabled:
                     old.enabled, old.disabled_at = False, utcnow()
-                    old.disabled_reason = "removed from the settings file"
+                    old.disabled_reason = REMOVED_FROM_SETTINGS
             return len(wanted)
 
     # -- deliveries --------------------------------------------------------------------------
