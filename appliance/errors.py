@@ -66,3 +66,11 @@ class TransientError(ApplianceError):
     """Worth trying again later: a broker hiccup, a full disk, CUDA out of memory."""
 
     transient = True
+
+
+class WebhookNotFound(JobNotFound):
+    """No webhook subscription or delivery with that id (a 404, like an unknown job)."""
+
+
+class TargetRefused(InvalidRequest):
+    """A webhook target is not a plain http(s) URL on an allowed host or network."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,14 +25,17 @@ from appliance.vocab import BULK, INTERACTIVE
 log = logging.getLogger(__name__)
 
 TEXT = "text"
+# The webhook outbox's doorbell: a drain of the due deliveries (`appliance.webhooks`).
+WEBHOOKS = "webhooks"
 LANES: tuple[str, ...] = (INTERACTIVE, BULK)
 # Consumed in this order (kombu's "priority" strategy): a waiting panel/API job always goes
-# before the drop folders' backlog; summaries are short and come in between.
-QUEUE_ORDER: tuple[str, ...] = (INTERACTIVE, TEXT, BULK)
+# before the drop folders' backlog; summaries and webhook drains are short and come between.
+QUEUE_ORDER: tuple[str, ...] = (INTERACTIVE, TEXT, WEBHOOKS, BULK)
 
 RUN_JOB = "appliance.run_job"
 SUMMARIZE_JOB = "appliance.summarize_job"
 DIGEST_BATCH = "appliance.digest_batch"
+DELIVER_WEBHOOKS = "appliance.deliver_webhooks"
 
 # Exit status of a worker that must not run as configured: its supervisor does not restart it.
 EXIT_CONFIG = 78
@@ -89,6 +93,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             SUMMARIZE_JOB: {"queue": TEXT, "routing_key": TEXT},
             DIGEST_BATCH: {"queue": TEXT, "routing_key": TEXT},
+            DELIVER_WEBHOOKS: {"queue": WEBHOOKS, "routing_key": WEBHOOKS},
         },
         "task_publish_retry_policy": {
             "max_retries": 2,
@@ -154,6 +159,17 @@ class Broker:
 
     def send_digest(self, batch_id: str, countdown: float = 0.0) -> bool:
         return self._send(DIGEST_BATCH, [batch_id], f"digest-{batch_id}", TEXT, countdown)
+
+    def send_webhooks(self) -> bool:
+        """Ring for a drain of the webhook outbox, unless a ring is already waiting. The rows
+        are the truth: a lost ring only delays them until the reconciler rings again."""
+        try:
+            if self.redis.llen(WEBHOOKS):
+                return True
+        except redis.RedisError as exc:
+            log.debug("webhook ring skipped, Redis unavailable: %s", exc)
+            return False
+        return self._send(DELIVER_WEBHOOKS, [], f"webhooks-{uuid.uuid4()}", WEBHOOKS, 0.0)
 
     # -- inspecting -------------------------------------------------------------------------
 

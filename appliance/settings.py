@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from appliance.vocab import WEBHOOK_EVENTS
+
 DEFAULT_CONFIG_FILE = Path("/etc/appliance/appliance.toml")
 
 
@@ -72,6 +74,46 @@ class Panel(BaseModel):
     events_max_seconds: float = 120.0
 
 
+class FolderWebhook(BaseModel):
+    """A subscription for one drop folder's jobs and batches, kept in the settings file.
+
+    The secret is configured here (both ends must know it): make one with
+    `appliance webhooks secret`. The box keeps these in step with the file on every worker start.
+    """
+
+    url: str
+    events: list[str] = Field(default_factory=lambda: list(WEBHOOK_EVENTS))
+    secret: str = Field(pattern=r"^whsec_[A-Za-z0-9+/]{32,}={0,2}$")
+    description: str = ""
+
+
+class Webhooks(BaseModel):
+    """Signed HTTP callbacks when jobs and batches end (`appliance.webhooks`). Issue 16."""
+
+    # Hosts (exact names), addresses and CIDR networks a target may be on. Empty: no target is
+    # allowed. A box inside a hospital network must not become a way to probe it, so a target is
+    # resolved and checked at creation and again before every attempt (DNS can change).
+    allow: list[str] = Field(default_factory=list)
+    # Seconds to wait after each failed attempt (Standard Webhooks' schedule: 5 s, 5 min,
+    # 30 min, 2 h, 5 h, 10 h): 7 attempts over about 17 hours, then the delivery has failed.
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
+    )
+    # Each wait is stretched or shrunk by up to this fraction, so a receiver that comes back
+    # is not hit by every backlogged delivery in the same second.
+    jitter: float = Field(default=0.2, ge=0.0, le=1.0)
+    # A subscription is disabled (with the reason) after this many failed attempts in a row
+    # that also span at least disable_after_hours with no success in between.
+    disable_after_failures: int = Field(default=10, ge=1)
+    disable_after_hours: float = Field(default=24.0, ge=0.0)
+    connect_timeout_s: float = 3.0
+    timeout_s: float = 10.0
+    # Bytes of a response body kept in the delivery log.
+    excerpt_bytes: int = 512
+    # CA bundle for https targets signed by an in-house CA; None: the system's trust store.
+    ca_file: Path | None = None
+
+
 class DropFolder(BaseModel):
     """One watched folder (see `appliance.watch`)."""
 
@@ -107,6 +149,8 @@ class DropFolder(BaseModel):
     # PollingObserver scan interval (network mounts), and the safety rescan in inotify mode.
     poll_seconds: float = 1.0
     rescan_seconds: float = 30.0
+    # Added for webhooks (issue 16): subscriptions to this folder's job and batch events.
+    webhooks: list[FolderWebhook] = Field(default_factory=list)
 
 
 class Queue(BaseModel):
@@ -172,6 +216,7 @@ class Settings(BaseSettings):
     api: Api = Field(default_factory=Api)
     panel: Panel = Field(default_factory=Panel)
     queue: Queue = Field(default_factory=Queue)
+    webhooks: Webhooks = Field(default_factory=Webhooks)
 
     @classmethod
     def settings_customise_sources(

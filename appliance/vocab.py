@@ -52,3 +52,25 @@ FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
 
 # -- worker rows -----------------------------------------------------------------------------
 WorkerState = Literal["starting", "idle", "busy", "stopped"]
+
+# -- a batch's end, as the event log and webhooks name it ------------------------------------
+BATCH_FINISHED: Final = "batch_finished"
+
+# -- webhooks: the events a subscription can ask for, and a delivery's life ----------------
+# "job." + an end state, and a batch that finished: built from the words above, not retyped.
+JOB_EVENT_PREFIX: Final = "job."
+BATCH_FINISHED_EVENT: Final = "batch.finished"
+WEBHOOK_EVENTS: tuple[str, ...] = (
+    *(JOB_EVENT_PREFIX + state for state in TERMINAL),
+    BATCH_FINISHED_EVENT,
+)
+# A delivery is PENDING until one attempt got a 2xx (DELIVERED) or its retries ran out (FAILED).
+DELIVERED: Final = "delivered"
+DELIVERY_STATES: tuple[str, ...] = (PENDING, DELIVERED, FAILED)
+
+
+def webhook_event(log_event: str) -> str | None:
+    """The webhook event for an event-log entry (`succeeded` -> `job.succeeded`), or None."""
+    if log_event in TERMINAL:
+        return JOB_EVENT_PREFIX + log_event
+    return BATCH_FINISHED_EVENT if log_event == BATCH_FINISHED else None

@@ -191,7 +191,7 @@ def test_workers_get_their_share_of_the_cores(applied: Applied) -> None:
     env = dict(
         line.split("=", 1) for line in applied.checks["worker.env"].splitlines() if "=" in line
     )
-    assert env["APPLIANCE_WORKER_QUEUES"] == "interactive,text,bulk"
+    assert env["APPLIANCE_WORKER_QUEUES"] == "interactive,text,webhooks,bulk"
     assert env["APPLIANCE_CPU_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)), env
 
 

@@ -93,6 +93,13 @@ def _unauthorized(detail: str) -> Problem:
 def _required_scope() -> str:
     view = current_app.view_functions.get(request.endpoint or "")
     marked = getattr(view, "_required_scope", None)
+    # A flask-smorest MethodView: the mark sits on its method or on the class itself.
+    view_class = getattr(view, "view_class", None)
+    if not marked and view_class is not None:
+        method = getattr(view_class, request.method.lower(), None)
+        marked = getattr(method, "_required_scope", None) or getattr(
+            view_class, "_required_scope", None
+        )
     if marked:
         return marked
     return "read" if request.method in SAFE_METHODS else "submit"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from appliance.jobs import JobService
     from appliance.tokens import RateLimiter, TokenStore
+    from appliance.webhooks import WebhookService
     from web.auth import _TokenCache
 
 
@@ -50,6 +51,13 @@ class Services:
 
         with self._lock:
             return TokenStore.from_settings(self.settings)
+
+    @cached_property
+    def webhooks(self) -> WebhookService:
+        from appliance.webhooks import WebhookService
+
+        # The job service's store: its doorbell rings the workers for a redelivery.
+        return WebhookService(self.jobs.backend.store, self.settings)
 
     @cached_property
     def limiter(self) -> RateLimiter:

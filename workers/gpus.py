@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from appliance.queue import QUEUE_ORDER
+from appliance.queue import LANES, QUEUE_ORDER
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def plan_workers(
 ) -> list[WorkerSpec]:
     """One WorkerSpec per device: detected GPUs, or `devices` (checked against them).
 
-    Worker names are gpuN / cpu, `text` for a CPU worker of the text queue only (so it can
-    run beside a CPU job worker), or `name` (one device only). Each gets `cpu_threads` CPU
+    Worker names are gpuN / cpu, `text` for a CPU worker of no job lane (text, webhooks; so
+    it can run beside a CPU job worker), or `name` (one device only). Each gets `cpu_threads` CPU
     threads, or with 0 its share of `cores` (default: this machine's).
     """
     host = host or socket.gethostname()
@@ -155,7 +155,8 @@ def plan_workers(
     specs = []
     for dev in devices:
         if dev == "cpu":
-            cpu_name = name or ("text" if tuple(queues) == ("text",) else "cpu")
+            # No job lane (text, webhooks): a worker that loads no vision model.
+            cpu_name = name or ("cpu" if set(queues) & set(LANES) else "text")
             specs.append(_cpu_spec(cpu_name, host, "cpu", queues))
             continue
         index = int(dev)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from appliance.errors import TransientError
-from appliance.queue import DIGEST_BATCH, RUN_JOB, SUMMARIZE_JOB
+from appliance.queue import DELIVER_WEBHOOKS, DIGEST_BATCH, RUN_JOB, SUMMARIZE_JOB
 from workers.celery_app import app, settings
 from workers.runtime import runtime
 
@@ -29,3 +29,8 @@ def summarize_job(job_id: str) -> str:
 @app.task(name=DIGEST_BATCH, **_RETRY)
 def digest_batch(batch_id: str) -> str:
     return runtime(settings).runner.digest_batch(str(batch_id))  # type: ignore[union-attr]
+
+
+@app.task(name=DELIVER_WEBHOOKS)
+def deliver_webhooks() -> str:
+    return runtime(settings).deliver_webhooks()

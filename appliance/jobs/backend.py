@@ -28,7 +28,8 @@ class JobBackend:
 
         engine = init_db(settings) if migrate else get_engine(settings.db_url)
         broker = Broker(settings)
-        return cls(settings, JobStore(engine, notify=broker.publish), broker)
+        store = JobStore(engine, notify=broker.publish, on_outbox=broker.send_webhooks)
+        return cls(settings, store, broker)
 
     def job_ended(self, batch_id: str | None) -> None:
         """After a job reached an end state: finish its batch if it was the last, and send the

@@ -6,6 +6,7 @@
 - Each interrupted run counts as an attempt; after `max_attempts` the job fails as poison.
 - Queued jobs, pending summaries and digests whose message is nowhere in Redis (flushed, lost
   with the last second of AOF) are sent again.
+- Webhook deliveries that are due (retries, or rows whose ring was lost) get a ring.
 - Retention: input files of jobs that ended `retention_days` ago are deleted (off by default).
 
 Every change is a conditional write, so reconcilers on several workers can run at once.
@@ -60,6 +61,8 @@ class Reconciler:
         for batch_id in self.store.unfinished_closed_batches():
             self.backend.job_ended(batch_id)
             counts["batches"] += 1
+        if self.store.has_due_deliveries(now):
+            counts["webhooks"] = int(self.broker.send_webhooks())
         if any(counts.values()):
             log.info("reconciler: %s", counts)
         return counts

@@ -6,8 +6,9 @@ run the tasks, after any fork, before the first message is consumed), in this or
 1. refuse to start on settings or a Redis that could lose jobs (`QueueMisconfigured`);
 2. migrate the store; refuse to start twice under one hostname;
 3. re-queue the jobs this hostname was running when it died (the reconciler);
-4. start the heartbeat thread (heartbeat, periodic reconcile, self-healing, retention);
-5. load and warm the models.
+4. keep the settings' per-folder webhook subscriptions in step with the file;
+5. start the heartbeat thread (heartbeat, periodic reconcile, self-healing, retention);
+6. load and warm the models.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from appliance.runtime.runner import JobRunner
 from appliance.settings import Settings
 from appliance.store.base import utcnow
 from appliance.store.tables import WorkerRow
+from appliance.webhooks import Deliverer, WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class WorkerRuntime:
         self.backend: JobBackend | None = None
         self.runner: JobRunner | None = None
         self.reconciler: Reconciler | None = None
+        self.deliverer: Deliverer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.cancels: CancelListener | None = None
@@ -63,6 +66,7 @@ class WorkerRuntime:
         self.runner = JobRunner(backend, hostname=self.hostname, device=self.device)
         self.runner.boot = self.boot
         self.reconciler = Reconciler(backend, self.hostname)
+        self.deliverer = Deliverer(backend.store, self.settings)
         backend.store.register_worker(
             WorkerRow(
                 hostname=self.hostname,
@@ -80,6 +84,10 @@ class WorkerRuntime:
         )
         if recovered:
             log.warning("%s: re-queued %d interrupted job(s)", self.hostname, recovered)
+        try:
+            WebhookService(backend.store, self.settings).sync_settings()
+        except Exception as exc:  # jobs matter more than callbacks: run, and say why
+            log.error("%s: folder webhooks not synced from the settings: %s", self.hostname, exc)
         self._thread = threading.Thread(target=self._loop, name="appliance-heartbeat", daemon=True)
         self._thread.start()
         self.cancels = CancelListener(backend.broker, self.hostname, self.runner.check_cancelled)
@@ -106,6 +114,15 @@ class WorkerRuntime:
                 self.backend.store.heartbeat(self.hostname, self.boot, state="stopped")
             except Exception as exc:
                 log.debug("final heartbeat failed: %s", exc)
+
+    def deliver_webhooks(self) -> str:
+        """Drain the due webhook deliveries; ring again if some are still due after the
+        drain's time slice, so one busy receiver cannot hold this worker for long."""
+        assert self.deliverer is not None and self.backend is not None
+        counts = self.deliverer.drain()
+        if self.backend.store.has_due_deliveries():
+            self.backend.broker.send_webhooks()
+        return " ".join(f"{k}={v}" for k, v in counts.items())
 
     def _refuse_duplicate(self, backend: JobBackend) -> None:
         fresh = utcnow() - timedelta(seconds=self.settings.queue.stale_after_s)

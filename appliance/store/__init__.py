@@ -1,6 +1,7 @@
 """The durable job store: SQLAlchemy 2 models, engines, Alembic migrations.
 
-- `tables`: `Job`, `Batch`, `JobEvent`, `WorkerRow`; `accounts`: `ApiToken`, `User`.
+- `tables`: `Job`, `Batch`, `JobEvent`, `WorkerRow`; `accounts`: `ApiToken`, `User`;
+  `webhook_tables`: webhook subscriptions, deliveries and attempts.
 - `db`: `init_db(settings)` (migrate to head, return the engine), `get_engine`, sessions.
 - `repo`: `JobStore`, composed of one module per concern (see its docstring);
   `JobFilter`, what a job listing selects. State names live in `appliance.vocab`.

@@ -19,6 +19,7 @@ from appliance.store.session import StoreSession, clean_text
 from appliance.store.tables import Batch, Job, JobEvent
 from appliance.vocab import (
     ACTIVE,
+    BATCH_FINISHED,
     DONE,
     FAILED,
     PENDING,
@@ -89,7 +90,7 @@ class BatchRecords(StoreSession):
                 return False, False
             batch = session.get(Batch, batch_id, populate_existing=True)
             assert batch is not None
-            self._batch_event(session, batch, "batch_finished")
+            self._batch_event(session, batch, BATCH_FINISHED)
             return True, batch.digest_state == PENDING
 
     @staticmethod

@@ -7,7 +7,9 @@ every query, composed from one module per concern:
 - `worker_rows`: worker registration and heartbeats;
 - `job_queries`: reading jobs (`JobFilter`, pages, the live queue, lanes);
 - `job_metrics`: aggregated reads for metrics and the system page;
-- `event_log`: the event log read back; `retention`: recovery's and retention's reads.
+- `event_log`: the event log read back; `retention`: recovery's and retention's reads;
+- `webhook_rows`: webhook subscriptions, the delivery outbox and its attempt log (the
+  outbox rows themselves are written by `outbox.fan_out`, inside each ending transaction).
 
 A transition only happens from the states it names (`WHERE state = 'queued'` ...), and a
 result is only written by the holder of the current claim token, so however many messages or
@@ -23,6 +25,7 @@ from appliance.store.job_queries import JobFilter, JobQueries, decode_cursor, en
 from appliance.store.job_transitions import JobTransitions
 from appliance.store.retention import Retention
 from appliance.store.session import Notify, clean_text, event_dict
+from appliance.store.webhook_rows import WebhookRecords
 from appliance.store.worker_rows import WorkerRecords
 
 __all__ = [
@@ -38,6 +41,13 @@ __all__ = [
 
 
 class JobStore(
-    JobTransitions, BatchRecords, WorkerRecords, JobQueries, MetricsQueries, EventLog, Retention
+    JobTransitions,
+    BatchRecords,
+    WorkerRecords,
+    JobQueries,
+    MetricsQueries,
+    EventLog,
+    Retention,
+    WebhookRecords,
 ):
     """Transitions and queries on the job store. Thread-safe; one per process is enough."""

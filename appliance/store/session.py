@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from appliance.store.base import utcnow
 from appliance.store.db import session_factory
+from appliance.store.outbox import fan_out
 from appliance.store.tables import Job, JobEvent
 
 Notify = Callable[[list[dict[str, Any]]], None]
@@ -44,21 +45,34 @@ def event_dict(event: JobEvent) -> dict[str, Any]:
 class StoreSession:
     """Sessions and write helpers shared by the parts of `JobStore`."""
 
-    def __init__(self, engine: Engine, notify: Notify | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        notify: Notify | None = None,
+        on_outbox: Callable[[], object] | None = None,
+    ) -> None:
         self.engine = engine
         self.notify = notify
+        # Rung after a commit that queued webhook deliveries (the broker's doorbell for them).
+        self.on_outbox = on_outbox
         self._writer = session_factory(engine)
         self._reader = session_factory(engine, readonly=True)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A write transaction; events added with `_event` are published after the commit."""
+        """A write transaction; events added with `_event` are published after the commit, and
+        the webhook deliveries they call for are written in it (`outbox.fan_out`)."""
         events: list[JobEvent] = []
+        queued = 0
         with self._writer.begin() as session:
             session.info["events"] = events
             yield session
+            if events:
+                queued = fan_out(session, events)
         if events and self.notify is not None:
             self.notify([event_dict(e) for e in events])
+        if queued and self.on_outbox is not None:
+            self.on_outbox()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

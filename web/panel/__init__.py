@@ -1,4 +1,5 @@
-"""The browser panel: login, upload, live queue, results, history and search, system.
+"""The browser panel: login, upload, live queue, results, history and search, system, and
+webhooks for admins.
 
 Authenticated by a signed session cookie (not API tokens) and protected against CSRF on every
 state-changing request (forms carry `csrf_token`, fetches send `X-CSRFToken`). The panel calls
@@ -136,4 +137,4 @@ def init_app(app: Flask) -> None:
 
 
 # Views register on import.
-from web.panel import actions, auth, files, views  # noqa: E402,F401
+from web.panel import actions, auth, files, views, webhooks  # noqa: E402,F401
