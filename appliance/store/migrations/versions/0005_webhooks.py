@@ -1,6 +1,6 @@
 """webhook subscriptions, deliveries (the outbox) and attempts
 
-Revision ID: 0007_webhooks
+Revision ID: 0005_webhooks
 Revises: 0004_jobs_finished_index
 Create Date: 2026-12-02
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_webhooks"
+revision = "0005_webhooks"
 down_revision = "0004_jobs_finished_index"
 branch_labels = None
 depends_on = None
