@@ -1,8 +1,8 @@
 """TIFFs: Pillow for the layouts it reads right, tifffile (with imagecodecs) for the rest.
 
 Scanners and imaging software write TIFF layouts Pillow cannot open (float samples, 12-bit,
-exotic codecs) and some it opens but decodes wrongly without a word (planar 16-bit RGB comes out
-as its red plane). So the header is read first, with tifffile, and a file goes to Pillow only
+codecs its libtiff lacks) and some it opens but decodes wrongly without a word (uncompressed
+planar 16-bit RGB comes out in the wrong colours). So the header is read first, with tifffile, and a file goes to Pillow only
 when every page is a layout Pillow is known to get right; a file Pillow refuses anyway gets a
 second try here. tifffile exposes each page's shape from its header, so the same limits (pages,
 pixels, tile sizes) are checked before a single strip is decoded.
@@ -108,7 +108,8 @@ def _pillow_reads(page: tifffile.TiffPage) -> bool:
         return False
     if page.sampleformat != 1 or page.predictor not in (1, 2) or page.imagedepth != 1:
         return False
-    # Planar 8-bit RGB reads right, planar 16-bit does not: tifffile for every planar file.
+    # Pillow's own planar 16-bit decoding mixes the planes up; tifffile reads every planar
+    # layout right, so it gets them all.
     if samples > 1 and page.planarconfig != 1:
         return False
     if page.photometric == 5:  # CMYK: Pillow has 8-bit CMYK only
