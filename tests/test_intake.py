@@ -9,8 +9,11 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pillow_heif
 import pypdfium2 as pdfium
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -469,6 +472,20 @@ def test_concurrent_loads_from_threads_agree() -> None:
 
 # --- fuzz -------------------------------------------------------------------------------------
 
+
+def _heic(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    pillow_heif.from_pillow(image).save(out, quality=50)
+    return out.getvalue()
+
+
+def _planar_tiff(pages: int) -> bytes:
+    out = io.BytesIO()
+    planes = np.moveaxis(np.asarray(noise((24, 16)), np.uint16) * 257, -1, 0)
+    tifffile.imwrite(out, np.stack([planes] * pages), photometric="rgb", planarconfig="separate")
+    return out.getvalue()
+
+
 # Small limits keep any mutated header that survives the checks cheap to decode.
 FUZZ_LIMITS = Limits(max_pixels=2_000_000, max_side=256, max_pages=5)
 
@@ -483,6 +500,9 @@ SEEDS = [
     encode(noise((24, 16)).convert("P"), "GIF", save_all=True, append_images=[solid(RED)]),
     encode(noise((24, 16)), "TIFF", save_all=True, append_images=[solid(BLUE, (8, 8))]),
     encode(noise((24, 16)), "TIFF", compression="tiff_lzw"),
+    _planar_tiff(2),
+    _heic(noise((24, 16))),
+    encode(noise((24, 16)), "AVIF", quality=50),
     minimal_pdf([(50, 40, RED), (40, 50, GREEN)]),
 ]
 
