@@ -183,6 +183,21 @@ def test_truncated_tiff_is_damaged() -> None:
         load_pages(data[:60], LIMITS)
 
 
+@pytest.mark.timeout(20)
+def test_tiff_whose_page_chain_loops_back_ends_with_each_page_once() -> None:
+    data = bytearray(
+        tiff([planar_16_bit(stored_rgb())] * 2, photometric="rgb", planarconfig="separate")
+    )
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        first, second = (page.offset for page in tif.pages[:2])
+    # Page 2's next-directory pointer (after its tag count and tags) back to page 1.
+    tags = int.from_bytes(data[second : second + 2], "little")
+    pointer = second + 2 + 12 * tags
+    data[pointer : pointer + 4] = first.to_bytes(4, "little")
+    assert page_count(bytes(data)) == 2
+    assert len(load_pages(bytes(data), LIMITS)) == 2
+
+
 def test_tiff_layouts_nobody_can_read_are_unsupported_not_damaged() -> None:
     with pytest.raises(UnsupportedType, match="unsupported TIFF layout: TIFF is CIELAB"):
         load_pages(tiff([stored_rgb()], photometric="cielab"), LIMITS)

@@ -79,7 +79,11 @@ def _open(data: bytes) -> tifffile.TiffFile:
 
 def _pages(tif: tifffile.TiffFile, data: bytes) -> list[tifffile.TiffPage]:
     with _tifffile_errors("TIFF"):
-        pages = [page for page in tif.pages if isinstance(page, tifffile.TiffPage)]
+        # By index up to len(), which stops at a directory loop; iterating `tif.pages` instead
+        # never ends on some looped chains (seen fuzzing).
+        count = len(tif.pages)
+        pages = [tif.pages[i] for i in range(count)]
+        pages = [page for page in pages if isinstance(page, tifffile.TiffPage)]
         if not pages:
             raise CorruptFile("damaged TIFF: it has no pages")
         if not _chain_ends(pages, tif.tiff, data):
