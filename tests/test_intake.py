@@ -9,8 +9,11 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pillow_heif
 import pypdfium2 as pdfium
 import pytest
+import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
@@ -83,7 +86,8 @@ def test_sniff_recognises_pdf_even_with_leading_junk() -> None:
         (b"<!DOCTYPE html><html><body>nope</body></html>", "HTML page"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
         (b"PK\x03\x04" + b"\x00" * 40, "ZIP archive"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+        (b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom", "Canon CR3 raw photo"),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "MP4/MOV video"),
         (b"\x00\x01\x02\x03\xfe\xfd\xfc" * 10, "not a JPEG, PNG"),
         (b"BM but actually a text file about BMW cars", "text file"),
     ],
@@ -468,6 +472,20 @@ def test_concurrent_loads_from_threads_agree() -> None:
 
 # --- fuzz -------------------------------------------------------------------------------------
 
+
+def _heic(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    pillow_heif.from_pillow(image).save(out, quality=50)
+    return out.getvalue()
+
+
+def _planar_tiff(pages: int) -> bytes:
+    out = io.BytesIO()
+    planes = np.moveaxis(np.asarray(noise((24, 16)), np.uint16) * 257, -1, 0)
+    tifffile.imwrite(out, np.stack([planes] * pages), photometric="rgb", planarconfig="separate")
+    return out.getvalue()
+
+
 # Small limits keep any mutated header that survives the checks cheap to decode.
 FUZZ_LIMITS = Limits(max_pixels=2_000_000, max_side=256, max_pages=5)
 
@@ -482,6 +500,9 @@ SEEDS = [
     encode(noise((24, 16)).convert("P"), "GIF", save_all=True, append_images=[solid(RED)]),
     encode(noise((24, 16)), "TIFF", save_all=True, append_images=[solid(BLUE, (8, 8))]),
     encode(noise((24, 16)), "TIFF", compression="tiff_lzw"),
+    _planar_tiff(2),
+    _heic(noise((24, 16))),
+    encode(noise((24, 16)), "AVIF", quality=50),
     minimal_pdf([(50, 40, RED), (40, 50, GREEN)]),
 ]
 

@@ -506,3 +506,17 @@ def test_demo_banner_shows_with_tiny_models_only(
     assert ('id="demo-banner"' in page) is demo
     if demo:
         assert "random" in page and "some-vision" in page and "Using real" in page
+
+
+def test_file_picker_and_hint_offer_every_type_intake_takes(alice: Any) -> None:
+    from appliance.intake.filetypes import FILE_TYPES
+
+    html = alice.get("/panel/").get_data(as_text=True)
+    accept = re.search(r'accept="([^"]+)"', html)
+    hint = re.search(r'<p class="hint">([^<]*) up to', html)
+    assert accept and hint, html[:500]
+    offered = set(accept.group(1).split(","))
+    for kind in FILE_TYPES:
+        assert kind.label in hint.group(1), (kind.label, hint.group(1))
+        assert kind.mime in offered and set(kind.extensions) <= offered, kind
+    assert {"image/heic", ".heic", "image/avif", ".avif"} <= offered

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance.errors import (
     ApplianceError,
+    CorruptFile,
     DecompressionBomb,
     EmptyFile,
     IntakeError,
@@ -80,6 +81,9 @@ _APPLIANCE_STATUS: list[tuple[type[ApplianceError], int]] = [
     (TooManyPages, 413),
     (DecompressionBomb, 413),
     (EmptyFile, 400),
+    # A file of a type we take that cannot be decoded: the request was understood, its content
+    # is bad (422). Every other intake refusal is a type or layout we do not take (415).
+    (CorruptFile, 422),
     (IntakeError, 415),
     (InvalidRequest, 422),
     (JobNotFound, 404),

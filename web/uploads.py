@@ -79,7 +79,7 @@ def checked_upload(
     """The part's bytes, its cleaned name and what `intake.precheck` found.
 
     A refused file is a `Problem` naming it, with the status `status_for` gives its error
-    (413, 415, 400), or `status` where the caller answers one for all (the panel's 422).
+    (413, 415, 422, 400), or `status` where the caller answers one for all (the panel's 422).
     """
     data = read_upload(storage, limits.max_bytes)
     name = safe_filename(storage.filename)

@@ -8,18 +8,28 @@ decoder failure surfaces as an `IntakeError` whose message is one line a user ca
 Nothing here mutates module state: Pillow's globals (`MAX_IMAGE_PIXELS`,
 `LOAD_TRUNCATED_IMAGES`) are left alone and our own limits come from `Limits`.
 
-The package, by concern: `filetypes` (sniffing, labels, MIME types), `guards` (size and pixel limits,
-bombs, decoder failures), `images` (Pillow), `pdf` (PDFium), `load` (the loading API) and
-`precheck` (the cheap check at upload time).
+The package, by concern: `filetypes` (the accepted types, sniffing, labels, MIME types), `guards`
+(size and pixel limits, bombs, decoder failures), `images` (Pillow, with HEIC and AVIF), `tiff` and
+`tiffpixels` (TIFF layouts Pillow cannot read, through tifffile), `pdf` (PDFium), `load` (the
+loading API) and `precheck` (the cheap check at upload time).
 """
 
 from __future__ import annotations
 
-from appliance.intake.filetypes import LABELS, MIME_TYPES, SUPPORTED_TYPES, sniff
+from appliance.intake.filetypes import (
+    ACCEPT,
+    ACCEPTED_TEXT,
+    LABELS,
+    MIME_TYPES,
+    SUPPORTED_TYPES,
+    sniff,
+)
 from appliance.intake.load import load_file, load_pages, page_count, thumbnail
 from appliance.intake.precheck import Checked, precheck
 
 __all__ = [
+    "ACCEPT",
+    "ACCEPTED_TEXT",
     "LABELS",
     "MIME_TYPES",
     "SUPPORTED_TYPES",

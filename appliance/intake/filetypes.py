@@ -3,46 +3,64 @@ a one-line description of the things people upload by mistake."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from appliance.errors import EmptyFile, UnsupportedType
 
-SUPPORTED_TYPES = ("jpeg", "png", "webp", "bmp", "gif", "tiff", "pdf")
+
+@dataclass(frozen=True)
+class FileType:
+    """One accepted type: how users call it, what it is served as, the names it goes by."""
+
+    kind: str
+    label: str
+    mime: str
+    extensions: tuple[str, ...]
+
+
+# The one list of what intake accepts: sniffing, messages, the panel's file picker and hint, and
+# (checked by a test) README all follow it.
+FILE_TYPES = (
+    FileType("jpeg", "JPEG", "image/jpeg", (".jpg", ".jpeg")),
+    FileType("png", "PNG", "image/png", (".png",)),
+    FileType("webp", "WebP", "image/webp", (".webp",)),
+    FileType("bmp", "BMP", "image/bmp", (".bmp",)),
+    FileType("gif", "GIF", "image/gif", (".gif",)),
+    FileType("tiff", "TIFF", "image/tiff", (".tif", ".tiff")),
+    FileType("heic", "HEIC", "image/heic", (".heic", ".heif")),
+    FileType("avif", "AVIF", "image/avif", (".avif",)),
+    FileType("pdf", "PDF", "application/pdf", (".pdf",)),
+)
+
+SUPPORTED_TYPES = tuple(t.kind for t in FILE_TYPES)
 
 # How a type is named in messages a user reads.
-LABELS = {
-    "jpeg": "JPEG",
-    "png": "PNG",
-    "webp": "WebP",
-    "bmp": "BMP",
-    "gif": "GIF",
-    "tiff": "TIFF",
-    "pdf": "PDF",
-}
+LABELS = {t.kind: t.label for t in FILE_TYPES}
 
 # What a stored file is served as (the API's original download, the panel's accept list).
-MIME_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "bmp": "image/bmp",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-    "pdf": "application/pdf",
-}
+MIME_TYPES = {t.kind: t.mime for t in FILE_TYPES}
+
+# The accepted types in words, for hints and messages: "JPEG, PNG, ... or PDF".
+ACCEPTED_TEXT = ", ".join(t.label for t in FILE_TYPES[:-1]) + " or " + FILE_TYPES[-1].label
+
+# An `<input type=file accept=...>` value. The extensions too: some systems report no MIME type
+# for HEIC or TIFF, and the picker would then grey those files out.
+ACCEPT = ",".join(
+    [t.mime for t in FILE_TYPES] + ["image/heif"] + [e for t in FILE_TYPES for e in t.extensions]
+)
 
 # BMP DIB header sizes (core, v2, v3, OS/2 v2, v4, v5): "BM" alone is too weak a signature.
 _BMP_DIB_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
 
-# ISO-BMFF brands (bytes 8..12 of an `ftyp` box) that users commonly upload by mistake.
-_FTYP_BRANDS = {
-    b"heic": "HEIC photo (iPhone/Android); export it as JPEG",
-    b"heix": "HEIC photo (iPhone/Android); export it as JPEG",
-    b"hevc": "HEIC photo (iPhone/Android); export it as JPEG",
-    b"heim": "HEIC photo (iPhone/Android); export it as JPEG",
-    b"heis": "HEIC photo (iPhone/Android); export it as JPEG",
-    b"mif1": "HEIF image; export it as JPEG",
-    b"msf1": "HEIF image sequence; export it as JPEG",
-    b"avif": "AVIF image; export it as JPEG or PNG",
-    b"avis": "AVIF image sequence; export it as JPEG or PNG",
+# ISO-BMFF (`ftyp`) brands. A file lists a major brand and compatible ones; AVIF files often
+# carry the generic HEIF brands (mif1, msf1) too, so the AVIF brands are looked for first.
+_AVIF_BRANDS = {b"avif", b"avis", b"MA1A", b"MA1B"}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+# Generic HEIF still images / sequences: the codec inside is whatever libheif finds.
+_GENERIC_HEIF_BRANDS = {b"mif1", b"msf1"}
+
+# ISO-BMFF major brands that are not images we take.
+_OTHER_FTYP = {
     b"crx ": "Canon CR3 raw photo; export it as JPEG",
     b"qt  ": "QuickTime video, not an image",
 }
@@ -93,6 +111,12 @@ def sniff(data: bytes) -> str:
         return "tiff"
     if head.startswith(b"BM") and int.from_bytes(data[14:18], "little") in _BMP_DIB_SIZES:
         return "bmp"
+    if head[4:8] == b"ftyp":
+        brands = _ftyp_brands(data)
+        if brands & _AVIF_BRANDS:
+            return "avif"
+        if brands & (_HEIF_BRANDS | _GENERIC_HEIF_BRANDS):
+            return "heic"
     # The PDF spec lets readers accept junk before the header, and real scanners emit some.
     if b"%PDF-" in data[:1024]:
         return "pdf"
@@ -102,10 +126,7 @@ def sniff(data: bytes) -> str:
 def _describe_unsupported(data: bytes) -> str:
     head = data[:32]
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in _FTYP_BRANDS:
-            return _FTYP_BRANDS[brand]
-        return "MP4/MOV video, not an image"
+        return _OTHER_FTYP.get(head[8:12], "MP4/MOV video, not an image")
     if head[:4] == b"RIFF":
         kind = head[8:12]
         if kind == b"AVI ":
@@ -127,7 +148,18 @@ def _describe_unsupported(data: bytes) -> str:
         if lowered.startswith(("{", "[")):
             return "JSON/text file, not an image"
         return "text file, not an image"
-    return "not a JPEG, PNG, WebP, BMP, GIF, TIFF or PDF file"
+    return f"not a {ACCEPTED_TEXT} file"
+
+
+def _ftyp_brands(data: bytes) -> set[bytes]:
+    """The major and compatible brands of a leading `ftyp` box (its size bounds the list)."""
+    size = int.from_bytes(data[:4], "big")
+    # A box size of 0 or 1 means "to the end" / "64-bit size": only ever seen on media files;
+    # read a bounded prefix either way so a bogus size costs nothing.
+    end = min(size if size >= 16 else 64, 256, len(data))
+    brands = {data[8:12]}
+    brands.update(data[i : i + 4] for i in range(16, end - 3, 4))
+    return brands
 
 
 def _as_text(chunk: bytes) -> str | None:

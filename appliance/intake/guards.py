@@ -10,7 +10,13 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from appliance.errors import CorruptFile, DecompressionBomb, IntakeError, TooLarge
+from appliance.errors import (
+    CorruptFile,
+    DecompressionBomb,
+    IntakeError,
+    TooLarge,
+    UnsupportedType,
+)
 from appliance.intake.filetypes import LABELS
 from appliance.settings import Limits
 
@@ -71,8 +77,14 @@ def decoding(kind: str, limits: Limits | None = None) -> Iterator[None]:
         raise _decode_error(label, exc) from exc
 
 
-def _decode_error(label: str, exc: BaseException) -> CorruptFile:
+def _decode_error(label: str, exc: BaseException) -> IntakeError:
     text = str(exc).lower()
+    # libheif names a codec it was built without ("Support for this compression format has not
+    # been built in: AV1 ..."): the file is fine, this box cannot read it.
+    if "not been built in" in text or "unsupported feature" in text:
+        codec = str(exc).split("built in:", 1)[-1].split("(", 1)[0].strip(" .:")
+        what = f"{label} compressed with {codec}" if "built in:" in str(exc) else label
+        return UnsupportedType(f"unsupported image type: {what}, which this box cannot decode")
     if isinstance(exc, EOFError) or "truncated" in text or "ends early" in text:
         return CorruptFile(f"truncated {label}: image data ends early")
     return CorruptFile(f"damaged {label}: the image data could not be decoded")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
 from appliance.errors import CorruptFile, TooManyPages, UnsupportedType
@@ -20,11 +21,20 @@ _PIL_FORMATS: dict[str, list[str]] = {
     "bmp": ["BMP"],
     "gif": ["GIF"],
     "tiff": ["TIFF"],
+    "heic": ["HEIF"],
+    "avif": ["AVIF"],
 }
+
+# HEIC through libheif, as a Pillow plugin: reachable only where `formats=["HEIF"]` asks for it.
+# Thumbnails, depth maps and auxiliary images are never used, so they are never decoded either.
+# libheif applies the container's rotation (irot/imir) itself and resets the EXIF orientation
+# to 1, so `_orientation` below cannot turn a HEIC twice. (AVIF is Pillow's own plugin: it
+# reports the container's rotation as EXIF orientation and leaves the turning to us.)
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 # EXIF orientation -> the transpose that makes the picture upright (same table as
 # ImageOps.exif_transpose, applied by hand so TIFF frames use their own IFD's tag).
-_ORIENTATION = {
+ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -37,11 +47,13 @@ _EXIF_ORIENTATION_TAG = 0x0112
 
 
 def load_raster(data: bytes, kind: str, limits: Limits, *, first_only: bool) -> list[Image.Image]:
-    """The pages of a sniffed raster image (only TIFFs have more than one), upright RGB."""
+    """The pages of a sniffed raster image through Pillow (only TIFFs have more than one),
+    upright RGB. `intake.tiff` decides which TIFFs come here."""
     label = LABELS[kind]
     with decoding(kind, limits), _open_image(data, kind) as im:
-        # Only TIFF pages are pages; GIF/WebP/APNG frames are animation, and MPO's extra
-        # frames are stereo/depth views of the same shot.
+        # Only TIFF pages are pages; GIF/WebP/APNG/AVIF frames are animation, MPO's extra
+        # frames are stereo/depth views of the same shot, a HEIC's are a burst around its
+        # primary image.
         frames = int(getattr(im, "n_frames", 1)) if kind == "tiff" else 1
         if frames > limits.max_pages:
             raise TooManyPages(f"{label} has {frames} pages; the limit is {limits.max_pages}")
@@ -54,8 +66,8 @@ def load_raster(data: bytes, kind: str, limits: Limits, *, first_only: bool) -> 
         return pages
 
 
-def tiff_page_count(data: bytes) -> int:
-    """A TIFF's pages, read from its directory without decoding a pixel."""
+def tiff_pillow_page_count(data: bytes) -> int:
+    """A TIFF's pages as Pillow counts them, from its directory without decoding a pixel."""
     with decoding("tiff"), _open_image(data, "tiff") as im:
         return int(getattr(im, "n_frames", 1))
 
@@ -64,9 +76,14 @@ def _open_image(data: bytes, kind: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=_PIL_FORMATS[kind])
     except UnidentifiedImageError as exc:
-        raise CorruptFile(
-            f"damaged {LABELS[kind]}: the header is not valid {LABELS[kind]}"
-        ) from exc
+        label = LABELS[kind]
+        if kind in ("heic", "avif"):
+            # Their plugins refuse a cut file at open (the boxes that describe the image are
+            # missing), so this is as likely a truncation as a bad header.
+            raise CorruptFile(
+                f"damaged {label}: the file is truncated or not valid {label}"
+            ) from exc
+        raise CorruptFile(f"damaged {label}: the header is not valid {label}") from exc
 
 
 def _decode_frame(im: Image.Image, kind: str, where: str, limits: Limits) -> Image.Image:
@@ -85,8 +102,8 @@ def _decode_frame(im: Image.Image, kind: str, where: str, limits: Limits) -> Ima
     orientation = _orientation(im, kind)
     page = to_rgb(im)
     page = downscale(page, limits.max_side)
-    if orientation in _ORIENTATION:
-        page = page.transpose(_ORIENTATION[orientation])
+    if orientation in ORIENTATION:
+        page = page.transpose(ORIENTATION[orientation])
     return page
 
 

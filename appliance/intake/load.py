@@ -11,8 +11,9 @@ from PIL import Image
 from appliance.errors import EmptyFile
 from appliance.intake.filetypes import sniff
 from appliance.intake.guards import check_size
-from appliance.intake.images import load_raster, tiff_page_count, to_rgb
+from appliance.intake.images import load_raster, to_rgb
 from appliance.intake.pdf import load_pdf, pdf_page_count
+from appliance.intake.tiff import load_tiff, tiff_page_count
 from appliance.settings import Limits
 
 
@@ -79,4 +80,6 @@ def load(data: bytes, limits: Limits, *, first_only: bool) -> list[Image.Image]:
     kind = sniff(data)
     if kind == "pdf":
         return load_pdf(data, limits, first_only=first_only)
+    if kind == "tiff":
+        return load_tiff(data, limits, first_only=first_only)
     return load_raster(data, kind, limits, first_only=first_only)

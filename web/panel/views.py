@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from flask import abort, render_template, request
 from markupsafe import Markup, escape
 
-from appliance.intake import MIME_TYPES
+from appliance.intake import ACCEPT, ACCEPTED_TEXT
 from appliance.schema import LANGUAGES, TASKS, AnalysisResult
 from appliance.vocab import FAILED, SOURCES, STATES, SUCCEEDED
 from web.panel import bp, queries, render, stats
@@ -47,9 +47,10 @@ def index() -> str:
         languages=LANGUAGES,
         max_mb=limits.max_bytes // (1024 * 1024),
         max_pages=limits.max_pages,
-        # What the file picker offers: the types intake accepts, and the extensions some
-        # systems report no MIME type for.
-        accept=",".join(MIME_TYPES.values()) + ",.pdf,.tif,.tiff",
+        # What the file picker offers and the hint names: the types intake accepts (MIME types
+        # and extensions), from the one list in `appliance.intake.filetypes`.
+        accept=ACCEPT,
+        accepted_types=ACCEPTED_TEXT,
     )
 
 
