@@ -11,35 +11,11 @@ from appliance.quiet import silence_known_noise
 # Before any library is imported: some known-harmless messages are logged at import time.
 silence_known_noise()
 
-from cli import (  # noqa: E402
-    analyze,
-    bundle,
-    jobs,
-    models,
-    serve,
-    tokens,
-    up,
-    users,
-    watch,
-    webhooks,
-    worker,
-)
+# Each command module attaches its commands to the root group when it is imported.
+from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, webhooks, worker  # noqa: E402,F401  # noqa: E402,F401
 from cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]
-_COMMAND_MODULES = (
-    analyze,
-    bundle,
-    jobs,
-    models,
-    serve,
-    tokens,
-    up,
-    users,
-    watch,
-    webhooks,
-    worker,
-)
 
 
 def main() -> None:
