@@ -12,7 +12,7 @@ from appliance.quiet import silence_known_noise
 silence_known_noise()
 
 # Each command module attaches its commands to the root group when it is imported.
-from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, webhooks, worker  # noqa: E402,F401  # noqa: E402,F401
+from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, webhooks, worker  # noqa: E402,F401
 from cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]
