@@ -15,6 +15,7 @@ from typing import Any
 from appliance.errors import EmptyFile, InvalidRequest, OpenAINotFound, TooLarge
 from appliance.files import atomic_write
 from appliance.settings import Settings
+from appliance.store.base import utcnow
 from appliance.store.openai_tables import OpenAIFile
 from appliance.store.repo import JobStore
 from appliance.vocab import FILE_PROCESSED, FILE_PURPOSE_BATCH
@@ -88,6 +89,7 @@ class OpenAIFiles:
             bytes=len(data),
             status=FILE_PROCESSED,
             path=str(self.path_of(file_id)),
+            created_at=utcnow(),
         )
 
     def path_of(self, file_id: str) -> Path:
