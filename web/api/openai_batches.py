@@ -49,7 +49,7 @@ class RequestCountsSchema(ma.Schema):
 _TIME = {"allow_none": True, "metadata": {"description": "Unix seconds"}}
 
 
-class BatchSchema(ma.Schema):
+class OpenAIBatchSchema(ma.Schema):
     id = ma.fields.String()
     object = ma.fields.String()
     endpoint = ma.fields.String()
@@ -77,9 +77,9 @@ class BatchListQuery(ma.Schema):
     limit = ma.fields.Integer(load_default=20, validate=ma.validate.Range(1, 100))
 
 
-class BatchListSchema(ma.Schema):
+class OpenAIBatchListSchema(ma.Schema):
     object = ma.fields.String()
-    data = ma.fields.List(ma.fields.Nested(BatchSchema))
+    data = ma.fields.List(ma.fields.Nested(OpenAIBatchSchema))
     has_more = ma.fields.Boolean()
     first_id = ma.fields.String(allow_none=True)
     last_id = ma.fields.String(allow_none=True)
@@ -88,7 +88,7 @@ class BatchListSchema(ma.Schema):
 @blp.route("/batches")
 class Batches(MethodView):
     @blp.arguments(CreateBatchSchema)
-    @blp.response(200, BatchSchema)
+    @blp.response(200, OpenAIBatchSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a batch from an uploaded JSONL: its lines are queued as bulk jobs."""
         jobview.check_queue_capacity(services())
@@ -101,7 +101,7 @@ class Batches(MethodView):
         )
 
     @blp.arguments(BatchListQuery, location="query")
-    @blp.response(200, BatchListSchema)
+    @blp.response(200, OpenAIBatchListSchema)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
         """The batches this token sees, newest first; page with `after`."""
         data, more = services().openai_batches.page(
@@ -118,7 +118,7 @@ class Batches(MethodView):
 
 @blp.route("/batches/<batch_id>")
 class Batch(MethodView):
-    @blp.response(200, BatchSchema)
+    @blp.response(200, OpenAIBatchSchema)
     def get(self, batch_id: str) -> dict[str, Any]:
         """One batch: its status, request counts and (once ended) its output files."""
         return services().openai_batches.get(batch_id, visible_to())
@@ -126,7 +126,7 @@ class Batch(MethodView):
 
 @blp.route("/batches/<batch_id>/cancel")
 class CancelBatch(MethodView):
-    @blp.response(200, BatchSchema)
+    @blp.response(200, OpenAIBatchSchema)
     def post(self, batch_id: str) -> dict[str, Any]:
         """Cancel: queued lines stop at once, running ones finish; then `cancelled`."""
         return services().openai_batches.cancel(batch_id, visible_to())
