@@ -176,7 +176,14 @@ def test_a_batch_of_20_requests_round_trips_through_the_openai_client(
     assert done.id in [b.id for b in client.batches.list(limit=5)]
 
     # Owners: another token sees none of it; an admin token sees it all; read may only read.
-    from openai import NotFoundError, PermissionDeniedError
+    from openai import BadRequestError, NotFoundError, PermissionDeniedError
+
+    with pytest.raises(BadRequestError):
+        client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    with pytest.raises(BadRequestError):
+        client.files.create(file=("x.jsonl", io.BytesIO(b"{}")), purpose="fine-tune")
 
     other = _client(stack, "bob")
     with pytest.raises(NotFoundError):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import update
 
 from appliance.errors import InvalidRequest, JobStateConflict, OpenAINotFound
 from appliance.jobs import JobBackend, JobService
@@ -21,6 +22,7 @@ from appliance.openai.finish import BatchFinisher
 from appliance.settings import load_settings
 from appliance.store.base import utcnow
 from appliance.store.openai_tables import OpenAIBatch
+from appliance.store.tables import Batch
 from tests.api_fixtures import jpeg_bytes
 
 ENDPOINT = "/v1/chat/completions"
@@ -246,6 +248,12 @@ def test_a_batch_left_validating_by_a_dead_request_is_queued_by_the_sweep(box: B
     assert box.finisher.sweep() == 1
     resumed = box.batches.get(row.id, "ana")
     assert resumed["status"] == "in_progress" and len(box.job_ids(row.id)) == 2
+    # Died after `in_progress` but before its job batch was closed: closed by the sweep.
+    with box.store.write() as session:
+        session.execute(update(Batch).where(Batch.id == row.id).values(closed_at=None))
+    assert box.finisher.sweep() == 1
+    assert box.web.get_batch(row.id).closed_at is not None  # type: ignore[union-attr]
+    assert len(box.job_ids(row.id)) == 2
 
 
 def test_an_expired_batch_ends_expired_after_its_running_lines(box: Box) -> None:

@@ -150,9 +150,10 @@ class OpenAIBatches:
 
     def expand(self, batch_id: str) -> None:
         """Queue every usable line as one bulk job and record what each line became, then
-        move `validating` -> `in_progress` (or `failed`). Safe to run again, and twice at once."""
+        move `validating` -> `in_progress` (or `failed`) and close the job batch. Safe to run
+        again (a resumed batch, even one already `in_progress`), and twice at once."""
         row = self.store.get_openai_batch(batch_id)
-        if row is None or row.status not in (VALIDATING, CANCELLING):
+        if row is None or row.status not in (VALIDATING, IN_PROGRESS, CANCELLING):
             return
         try:
             data = self.files.content(row.input_file_id, None).read_bytes()
@@ -176,7 +177,7 @@ class OpenAIBatches:
         for start in range(0, len(lines), _CHUNK):
             chunk = lines[start : start + _CHUNK]
             # Cancelled meanwhile: queue no more; the rest are reported as cancelled.
-            go = self._status(batch_id) == VALIDATING
+            go = self._status(batch_id) in (VALIDATING, IN_PROGRESS)
             records = [self._queue(row, line) if go else _cancelled(line) for line in chunk]
             self.store.add_batch_lines(batch_id, records)
         now = utcnow()

@@ -70,7 +70,8 @@ class BatchFinisher:
         moved = 0
         for row, closed, finished in self.store.open_openai_batches():
             try:
-                if not closed and row.status in (VALIDATING, CANCELLING):
+                if not closed or row.status == VALIDATING:
+                    # Its lines were not all queued, or not all said so: resume (idempotent).
                     if row.created_at < now - expand_stale:
                         self.batches.expand(row.id)
                         moved += 1

@@ -15,7 +15,7 @@ from appliance.openai.batch_input import CHAT_ENDPOINT
 from appliance.openai.batches import COMPLETION_WINDOW
 from appliance.vocab import OPENAI_BATCH_STATUSES
 from web.api import Blueprint, jobview
-from web.api.openai_messages import owner_name, visible_to
+from web.api.openai_messages import owner_name, refusing, visible_to
 from web.services import services
 
 blp = Blueprint(
@@ -92,13 +92,14 @@ class Batches(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a batch from an uploaded JSONL: its lines are queued as bulk jobs."""
         jobview.check_queue_capacity(services())
-        return services().openai_batches.create(
-            owner=owner_name(),
-            input_file_id=body["input_file_id"],
-            endpoint=body["endpoint"],
-            completion_window=body["completion_window"],
-            metadata=body["metadata"],
-        )
+        with refusing():
+            return services().openai_batches.create(
+                owner=owner_name(),
+                input_file_id=body["input_file_id"],
+                endpoint=body["endpoint"],
+                completion_window=body["completion_window"],
+                metadata=body["metadata"],
+            )
 
     @blp.arguments(BatchListQuery, location="query")
     @blp.response(200, OpenAIBatchListSchema)

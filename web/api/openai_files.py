@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage
 from appliance.openai import file_object
 from appliance.vocab import FILE_PURPOSE_BATCH
 from web.api import Blueprint
-from web.api.openai_messages import bad_request, owner_name, visible_to
+from web.api.openai_messages import bad_request, owner_name, refusing, visible_to
 from web.services import services
 
 blp = Blueprint(
@@ -80,7 +80,8 @@ class Files(MethodView):
         # Read one byte past the limit: enough to refuse, never the whole of a huge upload.
         data = upload.stream.read(services().settings.api.max_batch_file_bytes + 1)
         name = upload.filename or "batch.jsonl"
-        row = services().openai_files.upload(data, name, form["purpose"], owner_name())
+        with refusing():
+            row = services().openai_files.upload(data, name, form["purpose"], owner_name())
         return file_object(row)
 
     @blp.arguments(FileListQuery, location="query")

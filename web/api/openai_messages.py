@@ -4,11 +4,13 @@ and batches a caller sees."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import g
 
-from appliance.errors import InvalidRequest, TooLarge
+from appliance.errors import EmptyFile, InvalidRequest, TooLarge
 from appliance.openai import chat
 from appliance.schema import ChatTurn
 from appliance.settings import Settings
@@ -29,6 +31,18 @@ def refused(exc: InvalidRequest | TooLarge) -> Problem:
         error = {"message": detail, "type": "invalid_request_error", "code": None}
         return Problem(413, detail, error=error)
     return bad_request(str(exc))
+
+
+@contextmanager
+def refusing() -> Iterator[None]:
+    """The core's refusals of what a client sent as OpenAI's 400 (or 413), not the REST API's
+    422: OpenAI clients raise `BadRequestError` for them."""
+    try:
+        yield
+    except (InvalidRequest, TooLarge) as exc:
+        raise refused(exc) from None
+    except EmptyFile as exc:
+        raise bad_request(str(exc)) from None
 
 
 def parse_messages(
