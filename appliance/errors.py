@@ -74,3 +74,7 @@ class WebhookNotFound(JobNotFound):
 
 class TargetRefused(InvalidRequest):
     """A webhook target is not a plain http(s) URL on an allowed host or network."""
+
+
+class OpenAINotFound(JobNotFound):
+    """No OpenAI file or batch with that id that this caller may see (a 404, like a job)."""

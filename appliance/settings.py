@@ -59,6 +59,10 @@ class Api(BaseModel):
     events_max_seconds: float = 300.0
     # Verified tokens are cached per process this long, so a revoke takes up to this long.
     token_cache_seconds: float = 5.0
+    # OpenAI Files + Batches (`/v1/files`, `/v1/batches`): an uploaded JSONL's size and its
+    # lines (OpenAI's own limits: 200 MB, 50 000 requests).
+    max_batch_file_bytes: int = 200 * 1024 * 1024
+    max_batch_requests: int = 50_000
 
 
 class Panel(BaseModel):
@@ -246,6 +250,12 @@ class Settings(BaseSettings):
     @property
     def uploads_dir(self) -> Path:
         return self.data_dir / "files"
+
+    @property
+    def openai_files_dir(self) -> Path:
+        """`/v1/files` uploads and batch output files (by file id; not content-addressed:
+        deleting one file must not take another's bytes)."""
+        return self.data_dir / "openai-files"
 
 
 def load_settings(config_file: Path | str | None = None, **overrides: object) -> Settings:

@@ -74,3 +74,34 @@ def webhook_event(log_event: str) -> str | None:
     if log_event in TERMINAL:
         return JOB_EVENT_PREFIX + log_event
     return BATCH_FINISHED_EVENT if log_event == BATCH_FINISHED else None
+
+
+# -- OpenAI batches (`/v1/batches`): the statuses OpenAI documents, in a batch's order -------
+# validating -> in_progress -> finalizing -> completed; cancelling -> cancelled; failed (the
+# whole input was unusable); expired (the completion window ran out). "failed" and "cancelled"
+# are the job states' words above, reused: the same spelling means the same end.
+OpenAIBatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+VALIDATING: Final = "validating"
+IN_PROGRESS: Final = "in_progress"
+FINALIZING: Final = "finalizing"
+COMPLETED: Final = "completed"
+EXPIRED: Final = "expired"
+CANCELLING: Final = "cancelling"
+OPENAI_BATCH_STATUSES: tuple[str, ...] = get_args(OpenAIBatchStatus)
+# Still waiting for its jobs or its output files.
+OPENAI_BATCH_OPEN: tuple[str, ...] = (VALIDATING, IN_PROGRESS, FINALIZING, CANCELLING)
+OPENAI_BATCH_ENDED: tuple[str, ...] = (COMPLETED, FAILED, EXPIRED, CANCELLED)
+# An OpenAI file's purpose: what a client uploads for a batch, and what a batch writes.
+FILE_PURPOSE_BATCH: Final = "batch"
+FILE_PURPOSE_BATCH_OUTPUT: Final = "batch_output"
+# Every stored file is ready when its upload returns (OpenAI's `status`).
+FILE_PROCESSED: Final = "processed"

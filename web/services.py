@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from appliance.jobs import JobService
+    from appliance.openai import OpenAIBatches, OpenAIFiles
     from appliance.tokens import RateLimiter, TokenStore
     from appliance.webhooks import WebhookService
     from web.auth import _TokenCache
@@ -58,6 +59,18 @@ class Services:
 
         # The job service's store: its doorbell rings the workers for a redelivery.
         return WebhookService(self.jobs.backend.store, self.settings)
+
+    @cached_property
+    def openai_files(self) -> OpenAIFiles:
+        from appliance.openai import OpenAIFiles
+
+        return OpenAIFiles(self.jobs.store, self.settings)
+
+    @cached_property
+    def openai_batches(self) -> OpenAIBatches:
+        from appliance.openai import OpenAIBatches
+
+        return OpenAIBatches(self.jobs, self.openai_files)
 
     @cached_property
     def limiter(self) -> RateLimiter:

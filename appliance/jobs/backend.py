@@ -7,12 +7,16 @@ the same way after a job ends (finish its batch, ring for the digest) lives here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from appliance.queue import Broker
 from appliance.settings import Settings
 from appliance.store import init_db
 from appliance.store.repo import JobStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,10 @@ class JobBackend:
     settings: Settings
     store: JobStore
     broker: Broker
+    # Called with a batch's id when `job_ended` finished it. Only the worker side registers
+    # one (OpenAI batches write their output files there, never in a request); elsewhere the
+    # reconciler's sweep does that work.
+    on_batch_finished: list[Callable[[str], object]] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, migrate: bool = True) -> JobBackend:
@@ -39,3 +47,9 @@ class JobBackend:
         finished, digest = self.store.finish_batch_if_done(batch_id)
         if finished and digest:
             self.broker.send_digest(batch_id)
+        if finished:
+            for hook in self.on_batch_finished:
+                try:
+                    hook(batch_id)
+                except Exception as exc:  # the job's own end stands; the reconciler retries
+                    log.warning("after batch %s finished: %s", batch_id, exc)

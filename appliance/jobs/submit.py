@@ -208,11 +208,14 @@ class Submitting:
         source: Source,
         owner: str | None = None,
         priority: Priority | None = None,
+        batch_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Submission:
         """Queue a conversation (task `chat`): one job per image of its image turn, each image
         its job's input file, or, with no image, one job whose input file is the conversation
         as JSON, so that a text-only job is stored, retried and purged like any other.
-        The jobs are independent (one answer, no batch digest)."""
+        The jobs are independent (one answer, no batch digest) unless `batch_id` names a batch
+        they join (an OpenAI batch's lines: see `submit_many` for it and `idempotency_key`)."""
         if request.task != "chat" or request.has_image != bool(images):
             raise InvalidRequest("a chat's images and its request's image turn do not match")
         files = [(data, f"chat-image-{index + 1}") for index, data in enumerate(images)]
@@ -221,5 +224,12 @@ class Submitting:
             transcript = json.dumps({"messages": turns}, ensure_ascii=False, indent=1)
             files = [(transcript.encode(), CHAT_TRANSCRIPT)]
         return self.submit_many(
-            files, request, source=source, owner=owner, priority=priority, grouped=False
+            files,
+            request,
+            source=source,
+            owner=owner,
+            priority=priority,
+            grouped=False,
+            batch_id=batch_id,
+            idempotency_key=idempotency_key,
         )

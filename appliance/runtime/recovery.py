@@ -7,6 +7,9 @@
 - Queued jobs, pending summaries and digests whose message is nowhere in Redis (flushed, lost
   with the last second of AOF) are sent again.
 - Webhook deliveries that are due (retries, or rows whose ring was lost) get a ring.
+- OpenAI batches: the output files of one whose jobs all ended (its last one cancelled from a
+  request, or a worker died before writing them), the rest of the lines of one whose web
+  request died while queueing them, and the end of one whose completion window ran out.
 - Retention: input files of jobs that ended `retention_days` ago are deleted (off by default).
 
 Every change is a conditional write, so reconcilers on several workers can run at once.
@@ -20,6 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.openai.finish import BatchFinisher
 from appliance.store.base import utcnow
 from appliance.store.tables import Job
 
@@ -36,6 +40,7 @@ class Reconciler:
         self.broker = backend.broker
         self.settings = backend.settings
         self.hostname = hostname
+        self.openai_batches = BatchFinisher(backend)
 
     def recover_worker(self, hostname: str, why: str) -> int:
         """Re-queue (or fail as poison) every job the store says `hostname` is running."""
@@ -61,6 +66,7 @@ class Reconciler:
         for batch_id in self.store.unfinished_closed_batches():
             self.backend.job_ended(batch_id)
             counts["batches"] += 1
+        counts["openai_batches"] = self.openai_batches.sweep()
         if self.store.has_due_deliveries(now):
             counts["webhooks"] = int(self.broker.send_webhooks())
         if any(counts.values()):

@@ -66,6 +66,8 @@ class WorkerRuntime:
         self.runner = JobRunner(backend, hostname=self.hostname, device=self.device)
         self.runner.boot = self.boot
         self.reconciler = Reconciler(backend, self.hostname)
+        # The worker side writes an OpenAI batch's files when its last job ends here.
+        backend.on_batch_finished.append(self.reconciler.openai_batches.on_batch_finished)
         self.deliverer = Deliverer(backend.store, self.settings)
         backend.store.register_worker(
             WorkerRow(

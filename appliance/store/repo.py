@@ -9,7 +9,8 @@ every query, composed from one module per concern:
 - `job_metrics`: aggregated reads for metrics and the system page;
 - `event_log`: the event log read back; `retention`: recovery's and retention's reads;
 - `webhook_rows`: webhook subscriptions, the delivery outbox and its attempt log (the
-  outbox rows themselves are written by `outbox.fan_out`, inside each ending transaction).
+  outbox rows themselves are written by `outbox.fan_out`, inside each ending transaction);
+- `openai_rows`: OpenAI Files + Batches (files, batches, their lines and jobs).
 
 A transition only happens from the states it names (`WHERE state = 'queued'` ...), and a
 result is only written by the holder of the current claim token, so however many messages or
@@ -23,6 +24,7 @@ from appliance.store.event_log import EventLog
 from appliance.store.job_metrics import JobMetrics, MetricsQueries
 from appliance.store.job_queries import JobFilter, JobQueries, decode_cursor, encode_cursor
 from appliance.store.job_transitions import JobTransitions
+from appliance.store.openai_rows import OpenAIRecords
 from appliance.store.retention import Retention
 from appliance.store.session import Notify, clean_text, event_dict
 from appliance.store.webhook_rows import WebhookRecords
@@ -49,5 +51,6 @@ class JobStore(
     EventLog,
     Retention,
     WebhookRecords,
+    OpenAIRecords,
 ):
     """Transitions and queries on the job store. Thread-safe; one per process is enough."""

@@ -101,9 +101,30 @@ def init_api(app: Flask) -> Api:
     )
     api = Api(app)
 
-    from web.api import batches, docs, events, jobs, openai_compat, ops, webhooks, workers
+    from web.api import (
+        batches,
+        docs,
+        events,
+        jobs,
+        openai_batches,
+        openai_compat,
+        openai_files,
+        ops,
+        webhooks,
+        workers,
+    )
 
-    for module in (ops, jobs, batches, events, workers, webhooks, openai_compat):
+    for module in (
+        ops,
+        jobs,
+        batches,
+        events,
+        workers,
+        webhooks,
+        openai_compat,
+        openai_files,
+        openai_batches,
+    ):
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.bp)
     return api

@@ -1,7 +1,8 @@
 """OpenAI-compatible chat completions, routed through the job queue like every other request.
 
-`openai_messages` reads the conversation (system, user and assistant turns) and the images of
-its latest user message that has any. The vision model answers, text-only chats included: each
+`appliance.openai.chat` reads the conversation (system, user and assistant turns) and the
+images of its latest user message that has any (`openai_messages` turns its refusals into
+OpenAI errors); `appliance.openai.completion` builds the reply, as it does for batch lines. The vision model answers, text-only chats included: each
 image becomes one `interactive` `chat` job with source `api`, and a chat without an image one
 job of its own (`JobService.submit_chat`). The view waits for them, so these requests share the
 GPUs fairly with uploads and drop folders. `finish_reason` and `usage` come from what the
@@ -16,18 +17,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import marshmallow as ma
-import pydantic
 from flask import g
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from appliance.errors import ApplianceError, JobNotFound
+from appliance.errors import JobNotFound
+from appliance.openai import completion
 from appliance.registry import MANIFEST
-from appliance.schema import MAX_PROMPT_CHARS, ChatTurn, TaskRequest
-from appliance.vocab import INTERACTIVE, LENGTH, STOP
+from appliance.vocab import INTERACTIVE
 from web import sse
 from web.api import jobview
-from web.api.openai_messages import bad_request, parse_messages
+from web.api.openai_messages import read_chat
 from web.api.openai_models import chat_model, served
 from web.problems import Problem
 from web.services import services
@@ -138,25 +138,12 @@ class ChatCompletions(MethodView):
         svc = services()
         settings = svc.settings
         model = chat_model(body.get("model") or "")
-        images, turns = parse_messages(
-            body["messages"], settings.api.max_files, settings.limits.max_bytes
-        )
-        try:
-            request = TaskRequest(
-                task="chat",
-                messages=turns,
-                prompt=_question(turns),
-                max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-                temperature=body.get("temperature"),
-                seed=body.get("seed"),
-            )
-        except (ApplianceError, pydantic.ValidationError) as exc:
-            raise bad_request(str(exc)) from None
-        jobview.check_queue_capacity(svc, max(1, len(images)))
+        call = read_chat(body, settings)
+        jobview.check_queue_capacity(svc, max(1, len(call.images)))
         owner = getattr(g, "principal", None)
         done = svc.jobs.submit_chat(
-            images,
-            request,
+            call.images,
+            call.request,
             source="api",
             owner=owner.name if owner else None,
             priority=INTERACTIVE,
@@ -170,54 +157,18 @@ class ChatCompletions(MethodView):
             stream = _stream(svc, job_ids, timeout, completion_id, created, model, include_usage)
             return sse.response(stream)
         jobs = jobview.wait_all(svc.jobs, job_ids, timeout, cancel_on_timeout=True)
-        content, finish, usage = _answer(jobs)
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-        }
+        _check_succeeded(jobs)
+        return completion.completion(completion_id, created, model, jobs)
 
 
-def _question(turns: list[ChatTurn]) -> str | None:
-    """The last user turn's text: the job's `prompt`, which listings and search show."""
-    last = next((t.text for t in reversed(turns) if t.role == "user"), "")
-    return last.strip()[:MAX_PROMPT_CHARS] or None
-
-
-def _answer(jobs: list[Any]) -> tuple[str, str, dict[str, int]]:
-    """The joined answers, the finish reason and the token usage, or a problem naming why a
-    job did not succeed."""
-    texts, pages = [], []
+def _check_succeeded(jobs: list[Any]) -> None:
+    """A problem naming why a job did not succeed, if one did not."""
     for job in jobs:
         failure = jobview.failure(job)
         if failure is not None:
             raise Problem(
                 422, failure, error={"message": failure, "type": "job_failed", "code": None}
             )
-        result = jobview.result_of(job)
-        texts.append(result.text if result else "")
-        pages += result.pages if result else []
-    # One cut answer (of several images, or pages) makes the reply a cut one.
-    finish = LENGTH if any(p.finish_reason == LENGTH for p in pages) else STOP
-    prompt_tokens = sum(p.prompt_tokens for p in pages)
-    completion_tokens = sum(p.tokens for p in pages)
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if len(texts) == 1:
-        return texts[0], finish, usage
-    return "\n\n".join(f"[image {i + 1}]\n{t}" for i, t in enumerate(texts)), finish, usage
 
 
 def _stream(
@@ -256,7 +207,8 @@ def _stream(
             break
         yield sse.KEEPALIVE
     try:
-        content, finish, usage = _answer(jobs)
+        _check_succeeded(jobs)
+        content, finish, usage = completion.answer(jobs)
     except Problem as exc:
         yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
         return

@@ -1,23 +1,21 @@
-"""The OpenAI chat request's messages: the conversation's turns and which images it carries.
-
-Only what chat and vision clients use: system, user and assistant text, and the images (as
-`data:` URLs: the box is offline, it cannot fetch `https://` images) of the latest user message
-that has any.
-"""
+"""What the OpenAI endpoints share: errors as OpenAI clients read them, the chat body read by
+the core (`appliance.openai.chat`) with its refusals turned into those errors, and whose files
+and batches a caller sees."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from appliance.schema import ChatTurn
-from web.problems import Problem
+from flask import g
 
-_DATA_URL = re.compile(
-    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,;]*)*?;base64,(?P<data>.*)$", re.S
-)
+from appliance.errors import EmptyFile, InvalidRequest, TooLarge
+from appliance.openai import chat
+from appliance.schema import ChatTurn
+from appliance.settings import Settings
+from appliance.tokens import scope_allows
+from web.problems import Problem
 
 
 def bad_request(detail: str, code: str = "invalid_request_error") -> Problem:
@@ -26,73 +24,56 @@ def bad_request(detail: str, code: str = "invalid_request_error") -> Problem:
     return Problem(400, detail, error={"message": detail, "type": code, "code": None})
 
 
-def _decode_image(url: Any, max_bytes: int) -> bytes:
-    if not isinstance(url, str):
-        raise bad_request("image_url.url must be a string")
-    if not url.startswith("data:"):
-        raise bad_request(
-            "only data: image URLs are supported (this appliance has no internet access)"
-        )
-    match = _DATA_URL.match(url)
-    if not match:
-        raise bad_request("image_url must be a base64 data: URL (data:image/png;base64,...)")
-    payload = match.group("data")
-    if len(payload) > max_bytes * 4 // 3 + 4:
-        raise Problem(413, f"image is larger than {max_bytes // (1024 * 1024)} MB")
+def refused(exc: InvalidRequest | TooLarge) -> Problem:
+    """The core's refusal of a body as the HTTP error OpenAI clients expect."""
+    if isinstance(exc, TooLarge):
+        detail = str(exc)
+        error = {"message": detail, "type": "invalid_request_error", "code": None}
+        return Problem(413, detail, error=error)
+    return bad_request(str(exc))
+
+
+@contextmanager
+def refusing() -> Iterator[None]:
+    """The core's refusals of what a client sent as OpenAI's 400 (or 413), not the REST API's
+    422: OpenAI clients raise `BadRequestError` for them."""
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request("image_url data is not valid base64") from None
+        yield
+    except (InvalidRequest, TooLarge) as exc:
+        raise refused(exc) from None
+    except EmptyFile as exc:
+        raise bad_request(str(exc)) from None
 
 
 def parse_messages(
     messages: list[dict[str, Any]], max_images: int, max_bytes: int
 ) -> tuple[list[bytes], list[ChatTurn]]:
-    """The conversation as turns, and the images of the latest user message that has any
-    (that turn is marked `image`). Images of earlier messages are not decoded: the model sees
-    one image per answer (Llama 3.2 Vision is trained on single images); their text stays."""
-    turns: list[ChatTurn] = []
-    urls: list[list[Any]] = []
-    for message in messages:
-        role = _ROLES.get(str(message.get("role")))
-        if role is None:
-            continue  # tool calls and tool results: nothing this model reads
-        texts, found = _parts(message.get("content"))
-        if found and role != "user":
-            raise bad_request("images belong in user messages")
-        if role == "assistant" and not texts:
-            continue  # an assistant turn that only called tools
-        turns.append(ChatTurn(role=role, text="\n".join(t for t in texts if t.strip())))
-        urls.append(found)
-    with_images = [index for index, found in enumerate(urls) if found]
-    if not with_images:
-        return [], turns
-    last = with_images[-1]
-    if len(urls[last]) > max_images:
-        raise Problem(413, f"at most {max_images} images per request")
-    turns[last].image = True
-    return [_decode_image(url, max_bytes) for url in urls[last]], turns
+    """`appliance.openai.chat.parse_messages`, refusing with a 400 or 413."""
+    try:
+        return chat.parse_messages(messages, max_images, max_bytes)
+    except (InvalidRequest, TooLarge) as exc:
+        raise refused(exc) from None
 
 
-# OpenAI's roles as the model's chat template knows them ("developer" is the newer "system").
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+def read_chat(body: dict[str, Any], settings: Settings) -> chat.ChatCall:
+    """A chat body as the queue takes it (`appliance.openai.chat.chat_call`), or a 400/413."""
+    try:
+        return chat.chat_call(
+            body, max_images=settings.api.max_files, max_bytes=settings.limits.max_bytes
+        )
+    except (InvalidRequest, TooLarge) as exc:
+        raise refused(exc) from None
 
 
-def _parts(content: Any) -> tuple[list[str], list[Any]]:
-    """The text parts and the image URLs of one message's content."""
-    if content is None:
-        return [], []
-    parts: list[Any] = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list):
-        raise bad_request("message content must be a string or a list of parts")
-    texts: list[str] = []
-    urls: list[Any] = []
-    for part in parts:
-        if not isinstance(part, dict):
-            raise bad_request("each content part must be an object")
-        if part.get("type") == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif part.get("type") == "image_url":
-            image_url = part.get("image_url")
-            urls.append(image_url.get("url") if isinstance(image_url, dict) else image_url)
-    return texts, urls
+def owner_name() -> str | None:
+    """Who owns what this request creates: the token's name."""
+    principal = getattr(g, "principal", None)
+    return principal.name if principal else None
+
+
+def visible_to() -> str | None:
+    """Whose files and batches this request sees: its own, or every one (None) for admins."""
+    principal = getattr(g, "principal", None)
+    if principal is not None and scope_allows(principal.scope, "admin"):
+        return None
+    return owner_name()
