@@ -59,3 +59,14 @@ def completion(
         ],
         "usage": usage,
     }
+
+
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """One page of a listing (files, batches) in OpenAI's cursor-page shape."""
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -35,8 +35,7 @@ class OpenAIRecords(StoreSession):
             return row
 
     def get_file(self, file_id: str) -> OpenAIFile | None:
-        with self.read() as session:
-            return session.get(OpenAIFile, file_id)
+        return self._get(OpenAIFile, file_id)  # type: ignore[return-value]
 
     def list_files(
         self,
@@ -68,8 +67,7 @@ class OpenAIRecords(StoreSession):
             return row
 
     def get_openai_batch(self, batch_id: str) -> OpenAIBatch | None:
-        with self.read() as session:
-            return session.get(OpenAIBatch, batch_id)
+        return self._get(OpenAIBatch, batch_id)  # type: ignore[return-value]
 
     def list_openai_batches(
         self, *, owner: str | None, after: str | None, limit: int
@@ -178,6 +176,10 @@ class OpenAIRecords(StoreSession):
             return len(ids)
 
     # -- paging -----------------------------------------------------------------------------
+
+    def _get(self, table: type[Any], key: str) -> Any:
+        with self.read() as session:
+            return session.get(table, key)
 
     def _page(
         self,

@@ -13,6 +13,7 @@ from flask.views import MethodView
 
 from appliance.openai.batch_input import CHAT_ENDPOINT
 from appliance.openai.batches import COMPLETION_WINDOW
+from appliance.openai.completion import list_object
 from appliance.vocab import OPENAI_BATCH_STATUSES
 from web.api import Blueprint, jobview
 from web.api.openai_messages import owner_name, refusing, visible_to
@@ -108,13 +109,7 @@ class Batches(MethodView):
         data, more = services().openai_batches.page(
             visible_to(), after=query["after"], limit=query["limit"]
         )
-        return {
-            "object": "list",
-            "data": data,
-            "has_more": more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
+        return list_object(data, more)
 
 
 @blp.route("/batches/<batch_id>")

@@ -15,6 +15,7 @@ from flask_smorest.fields import Upload
 from werkzeug.datastructures import FileStorage
 
 from appliance.openai import file_object
+from appliance.openai.completion import list_object
 from appliance.vocab import FILE_PURPOSE_BATCH
 from web.api import Blueprint
 from web.api.openai_messages import bad_request, owner_name, refusing, visible_to
@@ -96,13 +97,7 @@ class Files(MethodView):
             ascending=query["order"] == "asc",
         )
         data = [file_object(row) for row in rows]
-        return {
-            "object": "list",
-            "data": data,
-            "has_more": more,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
+        return list_object(data, more)
 
 
 @blp.route("/files/<file_id>")
