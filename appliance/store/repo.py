@@ -7,7 +7,8 @@ every query, composed from one module per concern:
 - `worker_rows`: worker registration and heartbeats;
 - `job_queries`: reading jobs (`JobFilter`, pages, the live queue, lanes);
 - `job_metrics`: aggregated reads for metrics and the system page;
-- `event_log`: the event log read back; `retention`: recovery's and retention's reads.
+- `event_log`: the event log read back; `retention`: recovery's and retention's reads;
+- `search_queries`: full-text search over the index `search_index` keeps current.
 
 A transition only happens from the states it names (`WHERE state = 'queued'` ...), and a
 result is only written by the holder of the current claim token, so however many messages or
@@ -22,6 +23,7 @@ from appliance.store.job_metrics import JobMetrics, MetricsQueries
 from appliance.store.job_queries import JobFilter, JobQueries, decode_cursor, encode_cursor
 from appliance.store.job_transitions import JobTransitions
 from appliance.store.retention import Retention
+from appliance.store.search_queries import SearchQueries
 from appliance.store.session import Notify, clean_text, event_dict
 from appliance.store.worker_rows import WorkerRecords
 
@@ -38,6 +40,13 @@ __all__ = [
 
 
 class JobStore(
-    JobTransitions, BatchRecords, WorkerRecords, JobQueries, MetricsQueries, EventLog, Retention
+    JobTransitions,
+    BatchRecords,
+    WorkerRecords,
+    JobQueries,
+    SearchQueries,
+    MetricsQueries,
+    EventLog,
+    Retention,
 ):
     """Transitions and queries on the job store. Thread-safe; one per process is enough."""
