@@ -101,9 +101,9 @@ def init_api(app: Flask) -> Api:
     )
     api = Api(app)
 
-    from web.api import batches, docs, events, jobs, openai_compat, ops, workers
+    from web.api import batches, docs, events, jobs, openai_compat, ops, search, workers
 
-    for module in (ops, jobs, batches, events, workers, openai_compat):
+    for module in (ops, jobs, search, batches, events, workers, openai_compat):
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.bp)
     return api
