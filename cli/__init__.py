@@ -11,11 +11,11 @@ from appliance.quiet import silence_known_noise
 # Before any library is imported: some known-harmless messages are logged at import time.
 silence_known_noise()
 
-from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, worker  # noqa: E402
+from cli import analyze, bundle, jobs, models, search, serve, tokens, up, users, watch, worker  # noqa: E402
 from cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]
-_COMMAND_MODULES = (analyze, bundle, jobs, models, serve, tokens, up, users, watch, worker)
+_COMMAND_MODULES = (analyze, bundle, jobs, models, search, serve, tokens, up, users, watch, worker)
 
 
 def main() -> None:
