@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -33,7 +34,7 @@ def jobs_search(
         page = _service(ctx).search(query, owner=owner, limit=limit, cursor=cursor)
     except InvalidRequest as exc:
         raise click.UsageError(str(exc)) from exc
-    start, end = _TTY_MARK if click.get_text_stream("stdout").isatty() else _PLAIN_MARK
+    start, end = _TTY_MARK if sys.stdout.isatty() else _PLAIN_MARK
     for hit in page.items:
         if as_json:
             click.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
