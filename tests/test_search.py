@@ -1,5 +1,5 @@
-"""Full-text search on SQLite and PostgreSQL: the index kept with the result, ranking,
-visibility, forgetting, the eight languages, the query syntax; the API, the panel, the CLI."""
+"""Full-text search in the store, on SQLite and PostgreSQL: the index kept with the result,
+ranking, visibility, forgetting, the eight languages, the query syntax (web: test_search_web)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import InvalidRequest
 from appliance.jobs.views import JobInfo
 from appliance.store.job_queries import JobFilter
-from appliance.store.search_text import SearchQuery, match_spans, parse_query
+from appliance.store.search_text import SearchQuery, locate, match_spans, parse_query
 
 if TYPE_CHECKING:
     from appliance.store.repo import JobStore
@@ -76,6 +76,14 @@ def make_snippet(job: JobInfo, query: SearchQuery) -> Snippet:
     """Around the first match in the result text, else the summary, else the file name."""
     for name, value in (("text", job.result_text), ("summary", job.summary), ("filename", job.filename)):  # fmt: skip
         flat = " ".join((value or "")[:_SCAN_CHARS].split())
+        # Mark only around the first hit when it can be found cheaply: a long OCR text
+        # tokenized whole for every hit of a page would cost more than the query.
+        at = locate(flat, query)
+        if at >= 0:
+            start = max(0, at - SNIPPET_CHARS)
+            near = match_spans(flat[start : at + SNIPPET_CHARS * 2], query)
+            if near:
+                return _window(flat, [(a + start, b + start) for a, b in near], name)
         spans = match_spans(flat, query)
         if spans:
             return _window(flat, spans, name)

@@ -78,6 +78,7 @@ _SUCCEED = (
         Job.worker,
         Job.filename,
         Job.summary,
+        Job.created_at,
     )
 )
 
@@ -208,8 +209,7 @@ class JobTransitions(StoreSession):
             # The event needs these columns only, not the result again.
             self._event(session, Job(**row._asdict()), SUCCEEDED)
             if self.index_results:  # searchable from the moment the result is visible
-                doc = {"id": job_id, "filename": row.filename, "summary": row.summary}
-                doc.update(result_text=params["p_text"], result=result)
+                doc = {**row._asdict(), "result_text": params["p_text"], "result": result}
                 search_index.put(session.connection(), [doc])
             return True
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, text
 
+from appliance.store.base import UTCDateTime
 from appliance.store.search_text import index_tokens
 from appliance.store.tables import Job
 from appliance.vocab import SUCCEEDED
@@ -102,10 +103,12 @@ def tsvector_literal(job: dict[str, Any]) -> str:
 
 # -- writes, on the caller's transaction ----------------------------------------------------
 
+_CREATED = bindparam("created_at", type_=UTCDateTime())
 _SQLITE_KEY = text(
-    "INSERT INTO search_docs (job_id) VALUES (:job_id) "
-    "ON CONFLICT (job_id) DO UPDATE SET job_id = excluded.job_id RETURNING id"
-)
+    "INSERT INTO search_docs (job_id, owner, created_at) VALUES (:job_id, :owner, :created_at) "
+    "ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, created_at = excluded.created_at "
+    "RETURNING id"
+).bindparams(_CREATED)
 # FTS5 takes OR REPLACE on its rowid: a re-run's document replaces the old one.
 _SQLITE_PUT = text(
     "INSERT OR REPLACE INTO search_fts (rowid, filename, body, summary, fields) "
@@ -120,9 +123,11 @@ _SQLITE_DROP = [
     ),
 ]
 _PG_PUT = text(
-    "INSERT INTO search_docs (job_id, document) VALUES (:job_id, CAST(:document AS tsvector)) "
-    "ON CONFLICT (job_id) DO UPDATE SET document = excluded.document"
-)
+    "INSERT INTO search_docs (job_id, owner, created_at, document) "
+    "VALUES (:job_id, :owner, :created_at, CAST(:document AS tsvector)) "
+    "ON CONFLICT (job_id) DO UPDATE SET owner = excluded.owner, "
+    "created_at = excluded.created_at, document = excluded.document"
+).bindparams(_CREATED)
 _PG_DROP = [
     text("DELETE FROM search_docs WHERE job_id IN :ids").bindparams(
         bindparam("ids", expanding=True)
@@ -131,17 +136,20 @@ _PG_DROP = [
 
 
 def put(conn: Connection, jobs: Sequence[dict[str, Any]]) -> None:
-    """Index (or re-index) these jobs: dicts with id, filename, result_text, summary, result."""
+    """Index (or re-index) these jobs: dicts with id, owner, created_at, filename,
+    result_text, summary, result."""
     if not jobs:
         return
+    keys = [{"job_id": j["id"], "owner": j["owner"], "created_at": j["created_at"]} for j in jobs]
     if conn.dialect.name == "sqlite":
         rows = []
-        for job in jobs:
-            rowid = conn.execute(_SQLITE_KEY, {"job_id": job["id"]}).scalar_one()
+        for job, key in zip(jobs, keys, strict=True):
+            rowid = conn.execute(_SQLITE_KEY, key).scalar_one()
             rows.append({"rowid": rowid, **sqlite_row(job)})
         conn.execute(_SQLITE_PUT, rows)
     else:
-        conn.execute(_PG_PUT, [{"job_id": j["id"], "document": tsvector_literal(j)} for j in jobs])
+        docs = [{**key, "document": tsvector_literal(j)} for j, key in zip(jobs, keys, strict=True)]
+        conn.execute(_PG_PUT, docs)
 
 
 def drop(conn: Connection, job_ids: Iterable[str]) -> None:
@@ -152,7 +160,15 @@ def drop(conn: Connection, job_ids: Iterable[str]) -> None:
             conn.execute(stmt, {"ids": ids[start : start + 500]})
 
 
-_DOC_COLUMNS = (Job.id, Job.filename, Job.result_text, Job.summary, Job.result)
+_DOC_COLUMNS = (
+    Job.id,
+    Job.owner,
+    Job.created_at,
+    Job.filename,
+    Job.result_text,
+    Job.summary,
+    Job.result,
+)
 
 
 def refresh(conn: Connection, job_ids: Sequence[str]) -> None:

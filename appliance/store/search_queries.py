@@ -10,6 +10,8 @@ words close together), then newest first. The query reaches SQL only as words th
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     case,
     cast,
     column,
+    false,
     func,
     literal,
     literal_column,
@@ -26,13 +29,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TSQUERY
 
+from appliance.store.base import UTCDateTime
 from appliance.store.job_queries import JobFilter, _conditions
 from appliance.store.search_index import BM25_WEIGHTS
 from appliance.store.search_text import Clause, SearchQuery
 from appliance.store.session import StoreSession
 from appliance.store.tables import Job
+from appliance.vocab import SUCCEEDED
 
-_DOCS = table("search_docs", column("id"), column("job_id"), column("document"))
+_DOCS = table(
+    "search_docs",
+    column("id"),
+    column("job_id"),
+    column("owner"),
+    column("created_at", UTCDateTime()),
+    column("document"),
+)
 _FTS = table("search_fts", column("rowid"))
 _FTS_ROWID = _FTS.c.rowid
 _BM25 = literal_column(f"bm25(search_fts, {', '.join(str(w) for w in BM25_WEIGHTS)})")
@@ -60,6 +72,22 @@ def tsquery(clauses: tuple[Clause, ...]) -> str:
     return " & ".join(f"({p})" if len(clauses) > 1 else p for p in parts)
 
 
+def _filters(where: JobFilter) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]]]:
+    """(conditions on search_docs, conditions that need the jobs table joined)."""
+    docs: list[ColumnElement[bool]] = []
+    if where.owner:
+        docs.append(_DOCS.c.owner == where.owner)
+    if where.since:
+        docs.append(_DOCS.c.created_at >= where.since)
+    if where.until:
+        docs.append(_DOCS.c.created_at < where.until)
+    # Only succeeded jobs have documents: a state filter leaves them all or none.
+    if where.states and SUCCEEDED not in where.states:
+        docs.append(false())
+    rest = replace(where, states=(), owner=None, since=None, until=None)
+    return docs, _conditions(rest)
+
+
 class SearchQueries(StoreSession):
     def search_jobs(
         self, query: SearchQuery, where: JobFilter, *, offset: int = 0, limit: int = 50
@@ -70,30 +98,44 @@ class SearchQueries(StoreSession):
             stmt = self._sqlite(query, phrase)
         else:
             stmt = self._postgres(query, phrase)
-        stmt = stmt.where(*_conditions(where)).offset(offset).limit(limit)
+        on_docs, on_jobs = _filters(where)
+        stmt = stmt.where(*on_docs)
+        if on_jobs:  # task, source, batch: only then is each match's job row read
+            stmt = stmt.join(Job, Job.id == _DOCS.c.job_id).where(*on_jobs)
+        stmt = stmt.order_by(
+            literal_column("tier").desc(),
+            literal_column("score").desc(),
+            _DOCS.c.created_at.desc(),
+            _DOCS.c.job_id.desc(),
+        )
         with self.read() as session:
-            return [(job, float(score)) for job, score, _ in session.execute(stmt).all()]
+            # Rank on ids and scores only, then load the page's rows.
+            ranked = [
+                (job_id, float(score))
+                for job_id, score, _ in session.execute(stmt.offset(offset).limit(limit))
+            ]
+            page = [i for i, _ in ranked]
+            rows = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(page)))}
+        return [(rows[i], score) for i, score in ranked if i in rows]
 
     @staticmethod
-    def _sqlite(query: SearchQuery, phrase: Clause | None) -> Select[tuple[Job, float, int]]:
+    def _sqlite(query: SearchQuery, phrase: Clause | None) -> Select[tuple[str, float, int]]:
         tier: ColumnElement[int] = literal(0)
         if phrase is not None:
             first = text("SELECT rowid FROM search_fts WHERE search_fts MATCH :phrase")
             first = first.bindparams(phrase=fts5_match((phrase,)))
             tier = case((_FTS_ROWID.in_(first), 1), else_=0)
         match = text("search_fts MATCH :match").bindparams(match=fts5_match(query.clauses))
+        # score is -bm25: bm25 is more negative for better matches.
         return (
-            select(Job, (-_BM25).label("score"), tier.label("tier"))
+            select(_DOCS.c.job_id, (-_BM25).label("score"), tier.label("tier"))
             .select_from(_FTS)
             .join(_DOCS, _DOCS.c.id == _FTS_ROWID)
-            .join(Job, Job.id == _DOCS.c.job_id)
             .where(match)
-            # bm25 is smaller (more negative) for better matches.
-            .order_by(tier.desc(), _BM25, Job.created_at.desc(), Job.id.desc())
         )
 
     @staticmethod
-    def _postgres(query: SearchQuery, phrase: Clause | None) -> Select[tuple[Job, float, int]]:
+    def _postgres(query: SearchQuery, phrase: Clause | None) -> Select[tuple[str, float, int]]:
         wanted = cast(bindparam("match", tsquery(query.clauses)), TSQUERY)
         document = _DOCS.c.document
         tier: ColumnElement[int] = literal(0)
@@ -103,9 +145,7 @@ class SearchQueries(StoreSession):
         # Normalization 1: divide by 1 + log(length), so a long OCR text does not win on bulk.
         score = func.ts_rank_cd(document, wanted, 1)
         return (
-            select(Job, score.label("score"), tier.label("tier"))
+            select(_DOCS.c.job_id, score.label("score"), tier.label("tier"))
             .select_from(_DOCS)
-            .join(Job, Job.id == _DOCS.c.job_id)
             .where(document.op("@@")(wanted))
-            .order_by(tier.desc(), score.desc(), Job.created_at.desc(), Job.id.desc())
         )

@@ -103,8 +103,11 @@ def words(text: str) -> list[str]:
 
 def index_tokens(text: str) -> list[str]:
     """What the index stores for `text`, in order: words, and trigrams of unspaced runs."""
+    folded = fold(text)
+    if not _UNSPACED.search(folded):  # most text: the words as they are, at C speed
+        return [w if len(w) <= MAX_TOKEN_CHARS else w[:MAX_TOKEN_CHARS] for w in folded.split()]
     out: list[str] = []
-    for word in fold(text).split():
+    for word in folded.split():
         for part, unspaced in _runs(word):
             if unspaced:
                 out.extend(part[i : i + _NGRAM] for i in range(len(part)))
@@ -222,21 +225,56 @@ class _Word:
 
 def _words_at(text: str) -> Iterator[_Word]:
     """Every folded word of `text` with where it stands in the original."""
+    folded_all = fold(text)
+    if len(folded_all) == len(text):  # the usual case: one folded character per character
+        for match in re.finditer(r"\S+", folded_all):
+            yield from _split_exact(match.start(), match.group())
+        return
     for match in re.finditer("w+", text.translate(_MASK)):
         start, end = match.span()
         folded = fold(text[start:end])
         if len(folded) != end - start or " " in folded:  # ß -> ss, ligatures: share the span
             for part in words(text[start:end]):
                 yield _Word(start, end, part, False)
-            continue
-        last = 0
-        for run in _UNSPACED.finditer(folded):
-            if run.start() > last:
-                yield _Word(start + last, start + run.start(), folded[last : run.start()], True)
-            yield _Word(start + run.start(), start + run.end(), run.group(), True)
-            last = run.end()
-        if last < len(folded):
-            yield _Word(start + last, end, folded[last:], True)
+        else:
+            yield from _split_exact(start, folded)
+
+
+def _split_exact(start: int, folded: str) -> Iterator[_Word]:
+    """One folded word at `start`, cut where an unspaced-script run begins or ends."""
+    if folded.isascii() or not _UNSPACED.search(folded):
+        yield _Word(start, start + len(folded), folded, True)
+        return
+    last = 0
+    for run in _UNSPACED.finditer(folded):
+        if run.start() > last:
+            yield _Word(start + last, start + run.start(), folded[last : run.start()], True)
+        yield _Word(start + run.start(), start + run.end(), run.group(), True)
+        last = run.end()
+    if last < len(folded):
+        yield _Word(start + last, start + len(folded), folded[last:], True)
+
+
+def locate(text: str, query: SearchQuery) -> int:
+    """Where the first clause's first word first stands as a word (or, unspaced, at all) in
+    `text`, cheaply: str.find on the folded text. -1 if nowhere, or when folding moved
+    characters (then only `match_spans` can tell)."""
+    folded = fold(text)
+    if len(folded) != len(text):
+        return -1
+    best = -1
+    for clause in query.clauses:
+        want = clause.words[0]
+        at = folded.find(want)
+        while at >= 0 and not is_unspaced(want):
+            end = at + len(want)
+            starts = at == 0 or folded[at - 1] == " "
+            if starts and (clause.prefix or end == len(folded) or folded[end] == " "):
+                break
+            at = folded.find(want, at + 1)
+        if at >= 0 and (best < 0 or at < best):
+            best = at
+    return best
 
 
 def match_spans(text: str, query: SearchQuery) -> list[tuple[int, int]]:
@@ -261,8 +299,18 @@ def _clause_spans(found: list[_Word], clause: Clause) -> Iterator[tuple[int, int
                 yield word.start + at, word.start + at + len(want)
                 at = word.text.find(want, at + 1)
         return
-    for i in range(len(found) - n + 1):
-        if all(_word_matches(found[i + k].text, clause, k) for k in range(n)):
+    # Candidates by the first word in one pass, then the rest of the phrase checked.
+    want = clause.words[0][:MAX_TOKEN_CHARS]
+    if is_unspaced(want):
+        heads = [i for i, w in enumerate(found) if want in w.text]
+    elif clause.prefix and n == 1:
+        heads = [i for i, w in enumerate(found) if w.text.startswith(want)]
+    else:
+        heads = [i for i, w in enumerate(found) if w.text[:MAX_TOKEN_CHARS] == want]
+    for i in heads:
+        if i + n <= len(found) and all(
+            _word_matches(found[i + k].text, clause, k) for k in range(1, n)
+        ):
             yield found[i].start, found[i + n - 1].end
 
 

@@ -17,10 +17,14 @@ down_revision = "0004_jobs_finished_index"
 branch_labels = None
 depends_on = None
 
+# search_docs repeats the job's owner and creation time: ranking and the owner filter then
+# never read the (large) jobs rows of every match, only the page's.
 _SQLITE = [
     "CREATE TABLE search_docs ("
     " id INTEGER PRIMARY KEY,"
-    " job_id VARCHAR(36) NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE)",
+    " job_id VARCHAR(36) NOT NULL UNIQUE REFERENCES jobs (id) ON DELETE CASCADE,"
+    " owner VARCHAR(255),"
+    " created_at DATETIME NOT NULL)",
     # Words come pre-cut and folded (search_text); marks are word characters so that the
     # tokenizer does not split Hindi and Thai at their vowel signs.
     "CREATE VIRTUAL TABLE search_fts USING fts5("
@@ -30,8 +34,11 @@ _SQLITE = [
 _POSTGRES = [
     "CREATE TABLE search_docs ("
     " job_id VARCHAR(36) PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,"
+    " owner VARCHAR(255),"
+    " created_at TIMESTAMP WITHOUT TIME ZONE NOT NULL,"
     " document TSVECTOR NOT NULL)",
     "CREATE INDEX ix_search_docs_document ON search_docs USING GIN (document)",
+    "CREATE INDEX ix_search_docs_owner ON search_docs (owner)",
 ]
 
 
