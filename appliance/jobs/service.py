@@ -12,10 +12,11 @@ when Redis is back), and every read here comes from the store.
     service.get(job.id).result_text
 
 Stable API (other modules build on it): `from_settings`, `submit`, `submit_many`, `open_batch`,
-`close_batch`, `get`, `get_many`, `list`, `search`, `recent`, `batch_jobs`, `lane_positions`, `cancel`,
-`retry`, `get_batch`, `queue_depth`, `workers`, `metrics`, `finished_since`, `events`,
-`last_event_id`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo`
-/ `JobPage` / `JobMetrics` / `SearchPage` views they return.
+`close_batch`, `get`, `get_many`, `list`, `search` (in `appliance.jobs.search`), `recent`,
+`batch_jobs`, `lane_positions`, `cancel`, `retry`, `get_batch`, `queue_depth`, `workers`,
+`metrics`, `finished_since`, `events`, `last_event_id`, `history`, `wait`, `input_file`, and the
+`JobInfo` / `BatchInfo` / `WorkerInfo` / `JobPage` / `JobMetrics` / `SearchPage` views they
+return.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 transactions.
 
 One document per succeeded job, made of its file name, result text, summary and extracted
-fields (`search_text.index_tokens` cuts them into words first, see there):
+fields (`search_text.index_tokens` cuts them into words first, see there). `search_docs`
+holds one row per document with the job's owner and creation time, so that ranking, the
+owner filter and newest-first ties never read the large jobs rows of every match.
 
 - SQLite: `search_fts`, an FTS5 table (bm25 ranking) whose rowid is `search_docs.id`, and
   `search_docs` (job id <-> rowid: a jobs rowid is not stable across VACUUM, its key is a
