@@ -16,7 +16,8 @@ from appliance.jobs.search import Searching, SearchPage, Snippet, make_snippet
 from appliance.store import init_db
 from appliance.store.db import MIGRATIONS, get_engine
 from appliance.store.repo import JobStore
-from appliance.store.search_text import index_tokens, match_spans, parse_query
+from appliance.store.search_highlight import match_spans
+from appliance.store.search_text import index_tokens, parse_query
 from appliance.store.tables import Job
 from appliance.vocab import FAILED
 from tests.test_store import new_job

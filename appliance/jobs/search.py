@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import InvalidRequest
 from appliance.jobs.views import JobInfo
 from appliance.store.job_queries import JobFilter
-from appliance.store.search_text import SearchQuery, locate, match_spans, parse_query
+from appliance.store.search_highlight import locate, match_spans
+from appliance.store.search_text import SearchQuery, parse_query
 
 if TYPE_CHECKING:
     from appliance.store.repo import JobStore

@@ -34,7 +34,7 @@ MAX_TOKEN_CHARS = 64
 _NGRAM = 3
 
 # Scripts that do not separate words with spaces (Unicode blocks).
-_UNSPACED = re.compile(
+UNSPACED = re.compile(
     "["
     "\u0e00-\u0eff"  # Thai, Lao
     "\u0f00-\u0fff"  # Tibetan
@@ -74,7 +74,7 @@ class _MaskTable(dict[int, str]):
 
 
 _FOLD = _FoldTable()
-_MASK = _MaskTable()
+WORD_MASK = _MaskTable()
 
 
 def fold(text: str) -> str:
@@ -83,11 +83,11 @@ def fold(text: str) -> str:
 
 def _runs(word: str) -> Iterator[tuple[str, bool]]:
     """(part, unspaced) pieces of one folded word."""
-    if word.isascii() or not _UNSPACED.search(word):
+    if word.isascii() or not UNSPACED.search(word):
         yield word[:MAX_TOKEN_CHARS], False
         return
     last = 0
-    for match in _UNSPACED.finditer(word):
+    for match in UNSPACED.finditer(word):
         if match.start() > last:
             yield word[last : match.start()][:MAX_TOKEN_CHARS], False
         yield match.group(), True
@@ -104,7 +104,7 @@ def words(text: str) -> list[str]:
 def index_tokens(text: str) -> list[str]:
     """What the index stores for `text`, in order: words, and trigrams of unspaced runs."""
     folded = fold(text)
-    if not _UNSPACED.search(folded):  # most text: the words as they are, at C speed
+    if not UNSPACED.search(folded):  # most text: the words as they are, at C speed
         return [w if len(w) <= MAX_TOKEN_CHARS else w[:MAX_TOKEN_CHARS] for w in folded.split()]
     out: list[str] = []
     for word in folded.split():
@@ -117,7 +117,7 @@ def index_tokens(text: str) -> list[str]:
 
 
 def is_unspaced(word: str) -> bool:
-    return bool(_UNSPACED.fullmatch(word))
+    return bool(UNSPACED.fullmatch(word))
 
 
 @dataclass(frozen=True)
@@ -210,125 +210,3 @@ def _clause(raw: str, *, phrase: bool) -> list[Clause]:
         raise InvalidRequest("a Thai, Chinese or Japanese search needs at least 2 characters")
     # A bare word that the tokenizer cuts ("invoice-2024") is the phrase of its parts.
     return [Clause(found, prefix)]
-
-
-# -- highlighting ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Word:
-    start: int
-    end: int
-    text: str  # folded
-    exact: bool  # text[i] is the fold of the original character at start + i
-
-
-def _words_at(text: str) -> Iterator[_Word]:
-    """Every folded word of `text` with where it stands in the original."""
-    folded_all = fold(text)
-    if len(folded_all) == len(text):  # the usual case: one folded character per character
-        for match in re.finditer(r"\S+", folded_all):
-            yield from _split_exact(match.start(), match.group())
-        return
-    for match in re.finditer("w+", text.translate(_MASK)):
-        start, end = match.span()
-        folded = fold(text[start:end])
-        if len(folded) != end - start or " " in folded:  # ß -> ss, ligatures: share the span
-            for part in words(text[start:end]):
-                yield _Word(start, end, part, False)
-        else:
-            yield from _split_exact(start, folded)
-
-
-def _split_exact(start: int, folded: str) -> Iterator[_Word]:
-    """One folded word at `start`, cut where an unspaced-script run begins or ends."""
-    if folded.isascii() or not _UNSPACED.search(folded):
-        yield _Word(start, start + len(folded), folded, True)
-        return
-    last = 0
-    for run in _UNSPACED.finditer(folded):
-        if run.start() > last:
-            yield _Word(start + last, start + run.start(), folded[last : run.start()], True)
-        yield _Word(start + run.start(), start + run.end(), run.group(), True)
-        last = run.end()
-    if last < len(folded):
-        yield _Word(start + last, start + len(folded), folded[last:], True)
-
-
-def locate(text: str, query: SearchQuery) -> int:
-    """Where the first clause's first word first stands as a word (or, unspaced, at all) in
-    `text`, cheaply: str.find on the folded text. -1 if nowhere, or when folding moved
-    characters (then only `match_spans` can tell)."""
-    folded = fold(text)
-    if len(folded) != len(text):
-        return -1
-    best = -1
-    for clause in query.clauses:
-        want = clause.words[0]
-        at = folded.find(want)
-        while at >= 0 and not is_unspaced(want):
-            end = at + len(want)
-            starts = at == 0 or folded[at - 1] == " "
-            if starts and (clause.prefix or end == len(folded) or folded[end] == " "):
-                break
-            at = folded.find(want, at + 1)
-        if at >= 0 and (best < 0 or at < best):
-            best = at
-    return best
-
-
-def match_spans(text: str, query: SearchQuery) -> list[tuple[int, int]]:
-    """Character spans of `text` that match a clause of `query`, sorted, not overlapping."""
-    found = list(_words_at(text))
-    spans: list[tuple[int, int]] = []
-    for clause in query.clauses:
-        spans += _clause_spans(found, clause)
-    return _merge(spans)
-
-
-def _clause_spans(found: list[_Word], clause: Clause) -> Iterator[tuple[int, int]]:
-    n = len(clause.words)
-    if n == 1 and is_unspaced(clause.words[0]):  # a substring: mark just it when we can
-        want = clause.words[0]
-        for word in found:
-            at = word.text.find(want)
-            while at >= 0:
-                if not word.exact:
-                    yield word.start, word.end
-                    break
-                yield word.start + at, word.start + at + len(want)
-                at = word.text.find(want, at + 1)
-        return
-    # Candidates by the first word in one pass, then the rest of the phrase checked.
-    want = clause.words[0][:MAX_TOKEN_CHARS]
-    if is_unspaced(want):
-        heads = [i for i, w in enumerate(found) if want in w.text]
-    elif clause.prefix and n == 1:
-        heads = [i for i, w in enumerate(found) if w.text.startswith(want)]
-    else:
-        heads = [i for i, w in enumerate(found) if w.text[:MAX_TOKEN_CHARS] == want]
-    for i in heads:
-        if i + n <= len(found) and all(
-            _word_matches(found[i + k].text, clause, k) for k in range(1, n)
-        ):
-            yield found[i].start, found[i + n - 1].end
-
-
-def _word_matches(word: str, clause: Clause, k: int) -> bool:
-    want = clause.words[k][:MAX_TOKEN_CHARS]
-    word = word[:MAX_TOKEN_CHARS]
-    if is_unspaced(want):
-        return want in word
-    if k == len(clause.words) - 1 and clause.prefix:
-        return word.startswith(want)
-    return word == want
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(end, out[-1][1]))
-        else:
-            out.append((start, end))
-    return out
