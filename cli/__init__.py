@@ -12,7 +12,20 @@ from appliance.quiet import silence_known_noise
 silence_known_noise()
 
 # Each command module attaches its commands to the root group when it is imported.
-from cli import analyze, bundle, jobs, models, serve, tokens, up, users, watch, webhooks, worker  # noqa: E402,F401
+from cli import (  # noqa: E402,F401
+    analyze,
+    bundle,
+    jobs,
+    models,
+    search,
+    serve,
+    tokens,
+    up,
+    users,
+    watch,
+    webhooks,
+    worker,
+)
 from cli.group import cli  # noqa: E402
 
 __all__ = ["cli", "main"]

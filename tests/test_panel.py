@@ -91,8 +91,9 @@ def upload(client: Any, data: bytes, name: str = "photo.jpg", **form: str) -> An
 
 
 def finish(app: Any, job_id: str, text: str, **extra: Any) -> None:
-    """Mark a job succeeded with `text` as its result, as a worker would."""
-    from appliance.store import init_db
+    """Mark a job succeeded with `text` as its result, as a worker would (its search
+    document too, in the same transaction, as `JobStore.succeed` does)."""
+    from appliance.store import init_db, search_index
     from appliance.store.tables import Job
 
     now = datetime.now(UTC)
@@ -117,6 +118,7 @@ def finish(app: Any, job_id: str, text: str, **extra: Any) -> None:
                 **extra,
             )
         )
+        search_index.refresh(conn, [job_id])
 
 
 # --- login, cookies, CSRF ---------------------------------------------------------------------

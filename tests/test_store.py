@@ -15,6 +15,7 @@ from appliance.schema import TaskRequest
 from appliance.store import all_metadata, init_db
 from appliance.store.base import utcnow
 from appliance.store.repo import JobFilter, JobStore
+from appliance.store.search_index import include_name
 from appliance.store.tables import Batch, Job, WorkerRow
 
 
@@ -57,7 +58,8 @@ def test_schema_is_at_head_and_matches_the_models(store_url: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"jobs", "batches", "job_events", "workers", "alembic_version"} <= tables
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), all_metadata())
+        context = MigrationContext.configure(conn, opts={"include_name": include_name})
+        diff = compare_metadata(context, all_metadata())
     assert diff == [], f"models and migrations differ: {diff}"
 
 

@@ -2,6 +2,7 @@
 workers (`JobBackend`: store + broker), and the snapshots it hands out (`views`)."""
 
 from appliance.jobs.backend import JobBackend
+from appliance.jobs.search import SearchHit, SearchPage, Snippet
 from appliance.jobs.service import JobService
 from appliance.jobs.submit import Submission
 from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo
@@ -14,6 +15,9 @@ __all__ = [
     "JobMetrics",
     "JobPage",
     "JobService",
+    "SearchHit",
+    "SearchPage",
+    "Snippet",
     "Submission",
     "WorkerInfo",
 ]

@@ -12,10 +12,11 @@ when Redis is back), and every read here comes from the store.
     service.get(job.id).result_text
 
 Stable API (other modules build on it): `from_settings`, `submit`, `submit_many`, `open_batch`,
-`close_batch`, `get`, `get_many`, `list`, `recent`, `batch_jobs`, `lane_positions`, `cancel`,
-`retry`, `get_batch`, `queue_depth`, `workers`, `metrics`, `finished_since`, `events`,
-`last_event_id`, `history`, `wait`, `input_file`, and the `JobInfo` / `BatchInfo` / `WorkerInfo`
-/ `JobPage` / `JobMetrics` views they return.
+`close_batch`, `get`, `get_many`, `list`, `search` (in `appliance.jobs.search`), `recent`,
+`batch_jobs`, `lane_positions`, `cancel`, `retry`, `get_batch`, `queue_depth`, `workers`,
+`metrics`, `finished_since`, `events`, `last_event_id`, `history`, `wait`, `input_file`, and the
+`JobInfo` / `BatchInfo` / `WorkerInfo` / `JobPage` / `JobMetrics` / `SearchPage` views they
+return.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
 from appliance.jobs.backend import JobBackend
+from appliance.jobs.search import Searching
 from appliance.jobs.submit import Submitting
 from appliance.jobs.views import BatchInfo, JobInfo, JobPage, WorkerInfo, batch_info, worker_info
 from appliance.settings import Settings
@@ -36,7 +38,7 @@ from appliance.store.repo import JobFilter, JobMetrics
 from appliance.vocab import STATES
 
 
-class JobService(Submitting):
+class JobService(Submitting, Searching):
     """Submit (see `Submitting`), inspect and control jobs. Thread-safe; build one per process."""
 
     def __init__(self, backend: JobBackend) -> None:

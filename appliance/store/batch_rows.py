@@ -14,6 +14,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from appliance.store import search_index
 from appliance.store.base import utcnow
 from appliance.store.session import StoreSession, clean_text
 from appliance.store.tables import Batch, Job, JobEvent
@@ -170,6 +171,8 @@ class BatchRecords(StoreSession):
             )
             if changed:
                 self._event(session, self._fresh(session, job_id), "summary", detail=error)
+                if self.index_results and text:
+                    search_index.refresh(session.connection(), [job_id])
             return bool(changed)
 
     def pending_summaries(self, updated_before: datetime) -> list[str]:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from appliance.errors import InvalidRequest
+from appliance.store import search_index
 from appliance.store.base import utcnow
 from appliance.store.batch_rows import ensure_batch
 from appliance.store.session import StoreSession, clean_text
@@ -68,7 +69,17 @@ _SUCCEED = (
         finished_at=bindparam("p_now"),
         updated_at=bindparam("p_now"),
     )
-    .returning(Job.id, Job.batch_id, Job.owner, Job.state, Job.attempts, Job.worker)
+    .returning(
+        Job.id,
+        Job.batch_id,
+        Job.owner,
+        Job.state,
+        Job.attempts,
+        Job.worker,
+        Job.filename,
+        Job.summary,
+        Job.created_at,
+    )
 )
 
 
@@ -193,9 +204,14 @@ class JobTransitions(StoreSession):
             row = session.execute(
                 _SUCCEED, params, execution_options={"synchronize_session": False}
             ).one_or_none()
-            if row is not None:  # the event needs these columns only, not the result again
-                self._event(session, Job(**row._asdict()), SUCCEEDED)
-            return row is not None
+            if row is None:
+                return False
+            # The event needs these columns only, not the result again.
+            self._event(session, Job(**row._asdict()), SUCCEEDED)
+            if self.index_results:  # searchable from the moment the result is visible
+                doc = {**row._asdict(), "result_text": params["p_text"], "result": result}
+                search_index.put(session.connection(), [doc])
+            return True
 
     def fail(
         self,
@@ -303,6 +319,9 @@ class JobTransitions(StoreSession):
             )
             job = session.get(Job, job_id, populate_existing=True)
             if changed and job is not None:
+                # The retry clears the result, so its document goes too (the index never
+                # holds text the job no longer has, whatever wrote it).
+                search_index.drop(session.connection(), [job_id])
                 if job.batch_id is not None:
                     batch = session.get(Batch, job.batch_id)
                     if batch is not None:

@@ -11,6 +11,7 @@ every query, composed from one module per concern:
 - `webhook_rows`: webhook subscriptions, the delivery outbox and its attempt log (the
   outbox rows themselves are written by `outbox.fan_out`, inside each ending transaction);
 - `openai_rows`: OpenAI Files + Batches (files, batches, their lines and jobs).
+- `search_queries`: full-text search over the index `search_index` keeps current.
 
 A transition only happens from the states it names (`WHERE state = 'queued'` ...), and a
 result is only written by the holder of the current claim token, so however many messages or
@@ -26,6 +27,7 @@ from appliance.store.job_queries import JobFilter, JobQueries, decode_cursor, en
 from appliance.store.job_transitions import JobTransitions
 from appliance.store.openai_rows import OpenAIRecords
 from appliance.store.retention import Retention
+from appliance.store.search_queries import SearchQueries
 from appliance.store.session import Notify, clean_text, event_dict
 from appliance.store.webhook_rows import WebhookRecords
 from appliance.store.worker_rows import WorkerRecords
@@ -47,6 +49,7 @@ class JobStore(
     BatchRecords,
     WorkerRecords,
     JobQueries,
+    SearchQueries,
     MetricsQueries,
     EventLog,
     Retention,

@@ -11,6 +11,7 @@ from sqlalchemy import (
     select,
 )
 
+from appliance.store import search_index
 from appliance.store.base import utcnow
 from appliance.store.session import StoreSession
 from appliance.store.tables import Job, WorkerRow
@@ -83,3 +84,5 @@ class Retention(StoreSession):
                     [Job.id.in_(job_ids[chunk : chunk + 500])],
                     input_purged_at=utcnow(),
                 )
+            # Retention is when the box forgets a job: search no longer finds it.
+            search_index.drop(session.connection(), job_ids)

@@ -45,6 +45,10 @@ def event_dict(event: JobEvent) -> dict[str, Any]:
 class StoreSession:
     """Sessions and write helpers shared by the parts of `JobStore`."""
 
+    # Results go into the full-text index as they are written (see `search_index`); only
+    # bench/search.py turns this off, to measure what indexing costs a result write.
+    index_results = True
+
     def __init__(
         self,
         engine: Engine,

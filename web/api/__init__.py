@@ -110,6 +110,7 @@ def init_api(app: Flask) -> Api:
         openai_compat,
         openai_files,
         ops,
+        search,
         webhooks,
         workers,
     )
@@ -117,6 +118,7 @@ def init_api(app: Flask) -> Api:
     for module in (
         ops,
         jobs,
+        search,
         batches,
         events,
         workers,

@@ -6,8 +6,7 @@ filter (an admin sees every job) and holds the panel's own limits and search for
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from appliance.errors import InvalidRequest
 from web.panel.handles import jobs_service
 
 if TYPE_CHECKING:
-    from appliance.jobs import JobInfo, JobPage
+    from appliance.jobs import JobInfo, JobPage, SearchPage
 
 RECENT_HOURS = 24
 QUEUE_LIMIT = 50
@@ -56,21 +55,49 @@ class HistoryQuery:
     date_to: date | None = None
     cursor: str = ""
     limit: int = 50
-    terms: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        # Every word must occur ("invoice 2024"); quotes group words ("\"red car\"").
-        try:
-            self.terms = [t for t in shlex.split(self.q) if t.strip()][:8]
-        except ValueError:  # an unbalanced quote: fall back to plain words
-            self.terms = self.q.split()[:8]
+    def owner_for(self, user: Any) -> str | None:
+        return _owner(user) or self.owner or None  # only an admin picks whose jobs to see
+
+    def span(self) -> tuple[datetime | None, datetime | None]:
+        """[since, until) of the chosen days, the whole of both."""
+        since = datetime.combine(self.date_from, time(), UTC) if self.date_from else None
+        until = None
+        if self.date_to:
+            until = datetime.combine(self.date_to, time(), UTC) + timedelta(days=1)
+        return since, until
+
+
+def search(user: Any, hq: HistoryQuery) -> SearchPage:
+    """The full-text search (`hq.q`), best match first, within the same filters and the
+    same visibility as the listing. A malformed query raises InvalidRequest."""
+    since, until = hq.span()
+
+    def page(cursor: str | None) -> SearchPage:
+        return jobs_service().search(
+            hq.q,
+            owner=hq.owner_for(user),
+            state=hq.state or None,
+            task=hq.task or None,
+            source=hq.source or None,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=hq.limit,
+        )
+
+    try:
+        return page(hq.cursor or None)
+    except InvalidRequest:
+        if not hq.cursor:
+            raise
+        return page(None)  # a mangled cursor: the first page, as in `history`
 
 
 def history(user: Any, hq: HistoryQuery) -> JobPage:
-    """Newest first, filtered and searched, with the cursor of the next page."""
-    owner = _owner(user) or hq.owner or None  # only an admin picks whose jobs to see
-    since = datetime.combine(hq.date_from, time(), UTC) if hq.date_from else None
-    until = datetime.combine(hq.date_to, time(), UTC) + timedelta(days=1) if hq.date_to else None
+    """Newest first, filtered, with the cursor of the next page."""
+    owner = hq.owner_for(user)
+    since, until = hq.span()
 
     def page(cursor: str | None) -> JobPage:
         return jobs_service().list(
@@ -80,7 +107,6 @@ def history(user: Any, hq: HistoryQuery) -> JobPage:
             owner=owner,
             since=since,
             until=until,
-            terms=hq.terms,
             cursor=cursor,
             limit=hq.limit,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from flask import abort, render_template, request
 from markupsafe import Markup, escape
 
+from appliance.errors import InvalidRequest
 from appliance.intake import ACCEPT, ACCEPTED_TEXT
 from appliance.schema import LANGUAGES, TASKS, AnalysisResult
 from appliance.vocab import FAILED, SOURCES, STATES, SUCCEEDED
@@ -121,28 +121,14 @@ def _date(value: str | None) -> date | None:
         return None
 
 
-def snippet(text: str | None, terms: list[str], width: int = 160) -> Markup:
-    """A piece of `text` around the first match, matches in <mark>; all of it escaped."""
+def snippet(text: str | None, width: int = 160) -> Markup:
+    """The start of `text` for a listing row, escaped."""
     text = " ".join((text or "").split())
-    if not text:
-        return Markup("")
-    start = 0
-    lowered = text.lower()
-    hits = [lowered.find(t.lower()) for t in terms if lowered.find(t.lower()) >= 0]
-    if hits:
-        start = max(0, min(hits) - width // 3)
-    piece = text[start : start + width]
-    out = str(escape(piece))
-    for term in sorted(terms, key=len, reverse=True):
-        pattern = re.compile(re.escape(str(escape(term))), re.IGNORECASE)
-        out = pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", out)
-    prefix = "…" if start else ""
-    suffix = "…" if start + width < len(text) else ""
-    return Markup(prefix + out + suffix)
+    return Markup(escape(text[:width]) + ("…" if len(text) > width else ""))
 
 
 @bp.route("/history")
-def history() -> str:
+def history() -> str | tuple[str, int]:
     args = request.args
     hq = queries.HistoryQuery(
         q=args.get("q", "").strip()[:200],
@@ -154,19 +140,33 @@ def history() -> str:
         date_to=_date(args.get("to")),
         cursor=args.get("cursor", "")[:200],
     )
-    page = queries.history(current_user(), hq)
+    rows, marked, error, next_cursor = [], {}, None, None
+    if hq.q:  # the full-text search, ranked; snippets escaped by `Snippet.html`
+        try:
+            found = queries.search(current_user(), hq)
+            rows = [hit.job for hit in found.items]
+            marked = {hit.job.id: Markup(hit.snippet.html()) for hit in found.items}
+            next_cursor = found.next_cursor
+        except InvalidRequest as exc:
+            error = str(exc)
+    else:
+        page = queries.history(current_user(), hq)
+        rows, next_cursor = page.items, page.next_cursor
     more_args = {k: v for k, v in args.items() if k != "cursor" and v}
-    return render_template(
+    html = render_template(
         "panel/history.html",
         hq=hq,
-        rows=page.items,
-        next_cursor=page.next_cursor,
+        rows=rows,
+        marked=marked,
+        error=error,
+        next_cursor=next_cursor,
         more_args=more_args,
         states=STATES,
         tasks=PRESETS,
         sources=SOURCES,
         snippet=snippet,
     )
+    return (html, 400) if error else html
 
 
 def _plain(obj: Any) -> dict[str, Any]:

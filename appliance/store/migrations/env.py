@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from appliance.store import all_metadata
+from appliance.store.search_index import include_name
 
 config = context.config
 
@@ -16,6 +17,8 @@ def _run(connection: Connection) -> None:
         target_metadata=all_metadata(),
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The full-text index's tables are hand-made (an FTS5 virtual table has no model).
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,7 +1,7 @@
 """OpenAI Files + Batches: files, batches and each batch's input lines
 
 Revision ID: 0007_openai_batches
-Revises: 0005_webhooks
+Revises: 0006_search
 Create Date: 2026-12-03
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_openai_batches"
-down_revision = "0005_webhooks"
+down_revision = "0006_search"
 branch_labels = None
 depends_on = None
 
