@@ -260,12 +260,20 @@ def test_chaos_sigkill_every_job_succeeds_exactly_once(cluster: Cluster) -> None
     assert all(by_id[i].state == "succeeded" for i in ids), Counter(j.state for j in jobs)
     assert set(cluster.succeeded_events(ids).values()) == {1}  # exactly once
     for running, killed_at in kills:
-        for job_id in running:  # each interrupted job ran again, soon, as attempt 2
+        for job_id in running:  # each interrupted job ran again, as attempt 2
             job = by_id[job_id]
             assert job.attempts == 2 and job.finished_at is not None
-            assert (job.finished_at - killed_at).total_seconds() < 60
-            events = [e["event"] for e in cluster.service.history(job_id)]
+            history = cluster.service.history(job_id)
+            events = [e["event"] for e in history]
             assert events.count("running") == 2 and events.count("requeued") == 1
+            # Soon: the next incarnation of the worker re-queued it as it started (no waiting
+            # for a visibility timeout). When it then ran depends on its place in the lane and
+            # on the model warm-ups of the later kills (10+ s each on a slow 2-core box), so
+            # the bound is on the recovery, not on the finish.
+            requeued = next(e for e in history if e["event"] == "requeued")
+            assert "restarted while running it" in (requeued["detail"] or "")
+            recovered_at = datetime.fromisoformat(requeued["at"])
+            assert (recovered_at - killed_at).total_seconds() < 30, (recovered_at, killed_at)
     dead = by_id[poison]
     assert dead.state == "failed" and dead.error_code == "poison", dead.error
     assert dead.attempts == 2 and "died 2 times" in (dead.error or "")
