@@ -85,10 +85,17 @@ LLAMA3_ROPE: dict = {
 
 
 def make_tiny(root: Path, seed: int = 0) -> list[Path]:
-    """Write the tiny vision and summarizer models under `root`; return their directories."""
+    """Write the tiny vision and summarizer models and the two tiny safety guards under
+    `root`; return their directories."""
+    from appliance.build.tiny_guards import make_tiny_guards
+
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return [_make_vision(root / VISION_NAME, seed), _make_summarizer(root / SUMMARIZER_NAME, seed)]
+    return [
+        _make_vision(root / VISION_NAME, seed),
+        _make_summarizer(root / SUMMARIZER_NAME, seed),
+        *make_tiny_guards(root, seed),
+    ]
 
 
 def _train_tokenizer(with_image: bool):  # -> PreTrainedTokenizerFast
@@ -157,7 +164,14 @@ def _text_sizes(vocab_size: int) -> dict:
     )
 
 
-def _make_vision(out: Path, seed: int) -> Path:
+def _make_vision(
+    out: Path,
+    seed: int,
+    *,
+    name: str = VISION_NAME,
+    role: str = "vision",
+    template: str = CHAT_TEMPLATE,
+) -> Path:
     import torch
     from transformers import MllamaConfig, MllamaForConditionalGeneration
     from transformers.models.mllama import MllamaImageProcessor, MllamaProcessor
@@ -201,13 +215,14 @@ def _make_vision(out: Path, seed: int) -> Path:
     image_processor = MllamaImageProcessor(
         size={"height": image_size, "width": image_size}, max_image_tiles=tiles
     )
-    processor = MllamaProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    tokenizer.chat_template = template
+    processor = MllamaProcessor(image_processor, tokenizer, chat_template=template)
 
     _fresh(out)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     _normalise_json(out)
-    write_manifest(out, VISION_NAME, "vision", "MllamaForConditionalGeneration", demo=True)
+    write_manifest(out, name, role, "MllamaForConditionalGeneration", demo=True)
     return out
 
 

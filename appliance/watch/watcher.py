@@ -46,6 +46,7 @@ def folder_request(folder: DropFolder) -> TaskRequest:
         fields=folder.fields,
         language=folder.language,
         summarize=folder.summarize,
+        safety=folder.safety,
     )
 
 

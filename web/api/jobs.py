@@ -12,6 +12,7 @@ from flask_smorest.fields import Upload
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
+from appliance.safety import mode_for
 from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
 from appliance.vocab import INTERACTIVE, PRIORITIES, SOURCES, STATES, SUCCEEDED
 from web.api import Blueprint, jobview, results
@@ -151,6 +152,7 @@ class Jobs(MethodView):
         if len(uploads) > svc.settings.api.max_files:
             raise Problem(413, f"at most {svc.settings.api.max_files} files per request")
         task = request_from_fields(form)  # an InvalidRequest is a 422 problem
+        task.safety = mode_for(svc.settings, "api", g.principal.name)
         key = _idempotency_key()
         jobview.check_queue_capacity(svc, len(uploads))
         # Read and check every file first: one bad file rejects the request before any job exists.
