@@ -26,9 +26,12 @@ def _tiny_cache_key() -> str:
 
     import appliance.build.onnx_export
     import appliance.build.tiny
+    import appliance.build.tiny_guards
+    import appliance.safety.template
 
     digest = hashlib.sha256()
-    for module in (appliance.build.tiny, appliance.build.onnx_export):
+    modules = (appliance.build.tiny, appliance.build.tiny_guards, appliance.safety.template)
+    for module in (*modules, appliance.build.onnx_export):
         digest.update(Path(module.__file__ or "").read_bytes())
     for lib in (torch, transformers, tokenizers):
         digest.update(lib.__version__.encode())
@@ -42,14 +45,15 @@ def _verified(root: Path) -> bool:
         infos = ModelRegistry(root).list()
     except Exception:
         return False
-    return len(infos) == 2 and not any(verify(info) for info in infos)
+    return len(infos) == 4 and not any(verify(info) for info in infos)
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A models root holding `tiny-mllama-vision` and `tiny-llama-summarizer` (read-only!)."""
+    """A models root holding `tiny-mllama-vision`, `tiny-llama-summarizer` and the two tiny
+    safety guards `tiny-mllama-guard`, `tiny-llama-guard` (read-only!)."""
     from appliance.build.tiny import make_tiny
 
     name = f"tiny-models-{_tiny_cache_key()}"

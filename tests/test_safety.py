@@ -1,0 +1,196 @@
+"""The safety stage in-process: the guards' prompt format, strict verdicts, the fail mode,
+flag and block at input and output, `appliance analyze --safety`. Real tiny guards whose
+weights are steered to a chosen answer (tests/safety_helpers.py); nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from appliance.build.tiny_guards import TEXT_GUARD_NAME, VISION_GUARD_NAME
+from appliance.engines.guard import GuardEngine, GuardRow
+from appliance.errors import SafetyBlocked
+from appliance.safety.stage import conversation
+from appliance.safety.template import DEFAULT_CATEGORIES
+from appliance.safety.verdicts import parse_verdict
+from appliance.schema import AnalysisResult, ChatTurn, TaskRequest
+from appliance.settings import load_settings
+from appliance.vocab import BLOCKED, SAFE, UNPARSABLE, UNSAFE
+from cli import cli
+from tests.safety_helpers import steered_root
+
+# Meta's Llama Guard 3 prompt format (model card / the 11B Vision guard's chat template): the
+# task line names the judged role, the categories one per line, the conversation, the
+# two-line instruction, then the assistant header.
+EXPECTED_AGENT_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+    "<|image|> Task: Check if there is unsafe content in 'Agent' messages in conversations"
+    " according our safety policy with the below categories.\n\n"
+    "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\n"
+    "S5: Defamation.\nS7: Privacy.\nS8: Intellectual Property.\n"
+    "S9: Indiscriminate Weapons.\nS10: Hate.\nS11: Self-Harm.\nS12: Sexual Content.\n"
+    "S13: Elections.\nS14: Patient names.\n"
+    "<END UNSAFE CONTENT CATEGORIES>\n\n"
+    "<BEGIN CONVERSATION>\n\n"
+    "User: What is on the shelf?\n\n"
+    "Agent: Three boxes.\n\n"
+    "<END CONVERSATION>\n\n"
+    "Provide your safety assessment for ONLY THE LAST Agent message in the above conversation:\n"
+    " - First line must read 'safe' or 'unsafe'.\n"
+    " - If unsafe, a second line must include a comma-separated list of violated categories."
+    " <|eot_id|><|start_header_id|>assistant<|end_header_id|>"
+)
+
+
+@pytest.fixture(scope="module")
+def roots(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("safety")
+    return {
+        # The vision guard finds S2 in everything; the 1B guard finds nothing.
+        "unsafe": steered_root(tiny_models_dir, tmp / "u", vision="unsafe\nS2", text="safe"),
+        # A guard that answers something that is not a verdict.
+        "garbage": steered_root(tiny_models_dir, tmp / "g", vision="maybe", text="maybe"),
+    }
+
+
+def _pipeline(models: Path, **safety: object):  # -> Pipeline
+    from appliance.pipeline import Pipeline
+
+    settings = load_settings(
+        config_file=models / "none.toml", models_dir=models, device="cpu",
+        generation={"max_new_tokens": 4}, safety=safety,
+    )  # fmt: skip
+    return Pipeline(settings)
+
+
+@pytest.fixture(scope="module")
+def unsafe_pipeline(roots: dict[str, Path]):  # -> Pipeline, guards loaded once for the module
+    return _pipeline(roots["unsafe"], check="both")
+
+
+def _image() -> Image.Image:
+    return Image.new("RGB", (64, 48), (120, 60, 30))
+
+
+def test_template_renders_meta_format_for_both_architectures(tiny_models_dir: Path) -> None:
+    messages = conversation("What is on the shelf?", image=True, answer="Three boxes.")
+    categories = {**DEFAULT_CATEGORIES, "S14": "Patient names."}
+    for name in (VISION_GUARD_NAME, TEXT_GUARD_NAME):
+        guard = GuardEngine.load(tiny_models_dir / name, device="cpu")
+        assert guard.render(messages, categories, ["S6"]) == EXPECTED_AGENT_PROMPT
+    # The last role decides what is judged: a lone user turn is the request ('User').
+    user_only = guard.render(conversation("Hi", image=False), DEFAULT_CATEGORIES, [])
+    assert "unsafe content in 'User' messages" in user_only
+    assert "ONLY THE LAST User message" in user_only and "<|image|>" not in user_only
+    assert "S6: Specialized Advice.\n" in user_only
+
+
+def test_conversation_alternates_roles_and_drops_system_turns() -> None:
+    turns = [
+        ChatTurn(role="system", text="be nice"),
+        ChatTurn(role="user", text="a"),
+        ChatTurn(role="user", text="b", image=True),
+    ]
+    msgs = conversation(turns, image=True, answer="c")
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert msgs[0]["content"][0] == {"type": "image"}
+    assert [c["text"] for c in msgs[0]["content"][1:]] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("safe", (SAFE, [])),
+        ("\nunsafe\nS2\n", (UNSAFE, ["S2"])),
+        ("unsafe\nS1,S10", (UNSAFE, ["S1", "S10"])),
+        ("unsafe", (UNPARSABLE, [])),  # no codes
+        ("unsafe\nS99", (UNPARSABLE, [])),  # unknown code
+        ("unsafe\nS6", (UNPARSABLE, [])),  # excluded code
+        ("Safe", (UNPARSABLE, [])),
+        ("safe\nS1", (UNPARSABLE, [])),
+        ("", (UNPARSABLE, [])),
+        ("unsafe\nS2\nmore", (UNPARSABLE, [])),
+    ],
+)
+def test_parsing_is_strict(text: str, expected: tuple[str, list[str]]) -> None:
+    known = frozenset(c for c in DEFAULT_CATEGORIES if c != "S6")
+    assert parse_verdict(text, known) == expected
+
+
+def test_tiny_guards_load_and_answer_through_generate(roots: dict[str, Path]) -> None:
+    rows = [GuardRow(conversation("x", image=True), _image()), GuardRow(conversation("y", False))]
+    vision = GuardEngine.load(roots["unsafe"] / VISION_GUARD_NAME, device="cpu")
+    text = GuardEngine.load(roots["unsafe"] / TEXT_GUARD_NAME, device="cpu")
+    assert [a for a, _ in vision.classify(rows, DEFAULT_CATEGORIES, [])] == ["unsafe\nS2"] * 2
+    assert [a for a, _ in text.classify(rows, DEFAULT_CATEGORIES, [])] == ["safe"] * 2
+
+
+def test_flag_records_input_and_output_verdicts(unsafe_pipeline) -> None:
+    items = [
+        ([_image()], TaskRequest(task="caption", safety="flag")),
+        ([], TaskRequest(task="chat", messages=[ChatTurn(role="user", text="hi")], safety="flag")),
+        ([_image()], TaskRequest(task="caption")),  # off: no check
+    ]
+    image_job, text_job, off_job = unsafe_pipeline.analyze_checked(items)
+    assert isinstance(image_job, AnalysisResult) and image_job.pages
+    got = [(c["stage"], c["verdict"], c["categories"], c["model"]) for c in image_job.safety]
+    assert got == [
+        ("input", UNSAFE, ["S2"], VISION_GUARD_NAME),
+        ("output", UNSAFE, ["S2"], VISION_GUARD_NAME),
+    ]
+    assert all(c["ms"] > 0 for c in image_job.safety)
+    # Text only: the 1B guard judges it.
+    assert [(c["verdict"], c["model"]) for c in text_job.safety] == [(SAFE, TEXT_GUARD_NAME)] * 2
+    assert off_job.safety == []
+
+
+def test_block_at_input_skips_the_analysis(unsafe_pipeline) -> None:
+    (blocked,) = unsafe_pipeline.analyze_checked([([_image()], TaskRequest(safety="block"))])
+    assert isinstance(blocked, SafetyBlocked)
+    assert str(blocked) == "blocked by the safety check (input): unsafe: S2 Non-Violent Crimes"
+    assert [c["stage"] for c in blocked.checks] == ["input"]  # the answer was never made
+
+
+def test_block_at_output_withholds_the_answer(roots: dict[str, Path]) -> None:
+    pipeline = _pipeline(roots["unsafe"], check="output")
+    (blocked,) = pipeline.analyze_checked([([_image()], TaskRequest(safety="block"))])
+    assert isinstance(blocked, SafetyBlocked)
+    assert [(c["stage"], c["verdict"]) for c in blocked.checks] == [("output", UNSAFE)]
+
+
+@pytest.mark.parametrize(("fail_mode", "blocked"), [("closed", True), ("open", False)])
+def test_malformed_verdict_follows_the_fail_mode(
+    roots: dict[str, Path], fail_mode: str, blocked: bool
+) -> None:
+    pipeline = _pipeline(roots["garbage"], check="output", fail_mode=fail_mode)
+    (out,) = pipeline.analyze_checked([([_image()], TaskRequest(safety="block"))])
+    assert isinstance(out, SafetyBlocked) is blocked
+    checks = out.checks if isinstance(out, SafetyBlocked) else out.safety
+    assert [(c["verdict"], c["raw"]) for c in checks] == [(UNPARSABLE, "maybe")]  # never safe
+
+
+def test_cli_analyze_safety_json(roots: dict[str, Path], tmp_path: Path) -> None:
+    photo = tmp_path / "p.png"
+    _image().save(photo)
+    runner = CliRunner(env={
+        "APPLIANCE_CONFIG_FILE": str(tmp_path / "none.toml"),
+        "APPLIANCE_MODELS_DIR": str(roots["unsafe"]),
+        "APPLIANCE_DEVICE": "cpu",
+        "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "4",
+    })  # fmt: skip
+    flag = runner.invoke(cli, ["analyze", str(photo), "--json", "--safety", "flag"])
+    assert flag.exit_code == 0, flag.output
+    line = json.loads(flag.stdout.strip().splitlines()[-1])
+    assert [(c["stage"], c["verdict"], c["categories"]) for c in line["safety"]] == [
+        ("output", UNSAFE, ["S2"])
+    ]
+    block = runner.invoke(cli, ["analyze", str(photo), "--json", "--safety", "block"])
+    assert block.exit_code == 1
+    line = json.loads(block.stdout.strip().splitlines()[-1])
+    assert line["state"] == BLOCKED and line["safety"][0]["verdict"] == UNSAFE
+    assert "unsafe: S2 Non-Violent Crimes" in block.stderr
