@@ -149,6 +149,8 @@ class DropFolder(BaseModel):
     # Relative to `path` unless absolute; on the same filesystem so moves are atomic renames.
     done_dir: str = "done"
     failed_dir: str = "failed"
+    # Files the safety stage blocked (policy `block`), with their verdict and reason.
+    blocked_dir: str = "blocked"
     # Write a `batch-<time>.md` digest per batch (needs the summarizer model).
     digest: bool = True
     # PollingObserver scan interval (network mounts), and the safety rescan in inotify mode.

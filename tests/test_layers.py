@@ -66,7 +66,7 @@ STATE_WORDS = {
     "queued", "running", "succeeded", "failed", "cancelled", "blocked", "interactive", "bulk"
 }  # fmt: skip
 # Same spelling, other meaning: the drop folder's `failed/` subfolder name.
-NOT_A_STATE = {("appliance/settings.py", "failed_dir")}
+NOT_A_STATE = {("appliance/settings.py", "failed_dir"), ("appliance/settings.py", "blocked_dir")}
 
 
 def _state_literals(path: Path) -> list[str]:

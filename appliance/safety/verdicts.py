@@ -76,6 +76,17 @@ def reason(check: Check, names: dict[str, str]) -> str:
     return f"blocked by the safety check ({check.stage}): unsafe: {listed}"
 
 
+def summary(checks: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A job's `safety` object as the API, sidecars and the panel show it: the deciding check
+    (the first that found something, else the last) and every check; None when unchecked."""
+    if not checks:
+        return None
+    decisive = next((c for c in checks if c.get("verdict") != SAFE), checks[-1])
+    keys = ("stage", "verdict", "categories", "model", "ms")
+    public = [{k: c.get(k) for k in keys} for c in checks]
+    return {**{k: decisive.get(k) for k in keys}, "checks": public}
+
+
 def flagged(checks: list[Check]) -> bool:
     """Whether any check found something (unsafe or unparsable): the panel's badge."""
     return any(c.verdict != SAFE for c in checks)
