@@ -87,6 +87,17 @@ def summary(checks: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     return {**{k: decisive.get(k) for k in keys}, "checks": public}
 
 
+def badge(checks: list[dict[str, Any]] | None, names: dict[str, str]) -> str | None:
+    """The panel's badge: the verdict and the category names when a check found something
+    ("unsafe: S2 Non-Violent Crimes"), else None."""
+    found = summary(checks)
+    if found is None or found["verdict"] == SAFE:
+        return None
+    codes = found["categories"] or []
+    listed = ", ".join(f"{c} {names.get(c, '').rstrip('.')}".strip() for c in codes)
+    return f"{found['verdict']}: {listed}" if listed else str(found["verdict"])
+
+
 def flagged(checks: list[Check]) -> bool:
     """Whether any check found something (unsafe or unparsable): the panel's badge."""
     return any(c.verdict != SAFE for c in checks)
