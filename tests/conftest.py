@@ -178,3 +178,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in skipped:
             print(f"\nCI: skipped test counts as a failure: {report.nodeid}: {report.longrepr}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- one API + worker stack for the session (tests/worker_stack.py) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def api_worker_stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models_dir: Path
+) -> Iterator[dict]:
+    """A Flask app and a real worker on Redis database 7, shared by the worker test modules."""
+    from tests.worker_stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("api-e2e"), redis_server, tiny_models_dir) as s:
+        yield s
