@@ -53,6 +53,8 @@ def roots(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {
         # The vision guard finds S2 in everything; the 1B guard finds nothing.
         "unsafe": steered_root(tiny_models_dir, tmp / "u", vision="unsafe\nS2", text="safe"),
+        # The other way round: images pass, text (a summary) is unsafe.
+        "text_unsafe": steered_root(tiny_models_dir, tmp / "t", vision="safe", text="unsafe\nS10"),
         # A guard that answers something that is not a verdict.
         "garbage": steered_root(tiny_models_dir, tmp / "g", vision="maybe", text="maybe"),
     }
@@ -132,7 +134,7 @@ def test_tiny_guards_load_and_answer_through_generate(roots: dict[str, Path]) ->
 
 def test_flag_records_input_and_output_verdicts(unsafe_pipeline) -> None:
     items = [
-        ([_image()], TaskRequest(task="caption", safety="flag")),
+        ([_image()], TaskRequest(task="caption", safety="flag", summarize=True)),
         ([], TaskRequest(task="chat", messages=[ChatTurn(role="user", text="hi")], safety="flag")),
         ([_image()], TaskRequest(task="caption")),  # off: no check
     ]
@@ -142,7 +144,9 @@ def test_flag_records_input_and_output_verdicts(unsafe_pipeline) -> None:
     assert got == [
         ("input", UNSAFE, ["S2"], VISION_GUARD_NAME),
         ("output", UNSAFE, ["S2"], VISION_GUARD_NAME),
+        ("summary", SAFE, [], TEXT_GUARD_NAME),  # the summary: text, so the 1B guard
     ]
+    assert image_job.summary is not None
     assert all(c["ms"] > 0 for c in image_job.safety)
     # Text only: the 1B guard judges it.
     assert [(c["verdict"], c["model"]) for c in text_job.safety] == [(SAFE, TEXT_GUARD_NAME)] * 2
@@ -161,6 +165,18 @@ def test_block_at_output_withholds_the_answer(roots: dict[str, Path]) -> None:
     (blocked,) = pipeline.analyze_checked([([_image()], TaskRequest(safety="block"))])
     assert isinstance(blocked, SafetyBlocked)
     assert [(c["stage"], c["verdict"]) for c in blocked.checks] == [("output", UNSAFE)]
+
+
+def test_block_withholds_an_unsafe_summary(roots: dict[str, Path]) -> None:
+    pipeline = _pipeline(roots["text_unsafe"], check="both")
+    (out,) = pipeline.analyze_checked([([_image()], TaskRequest(safety="block", summarize=True))])
+    assert isinstance(out, AnalysisResult) and out.pages  # the answer itself passed
+    assert [(c["stage"], c["verdict"], c["categories"]) for c in out.safety] == [
+        ("input", SAFE, []),
+        ("output", SAFE, []),
+        ("summary", UNSAFE, ["S10"]),
+    ]
+    assert out.summary is None
 
 
 @pytest.mark.parametrize(("fail_mode", "blocked"), [("closed", True), ("open", False)])

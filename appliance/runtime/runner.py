@@ -31,7 +31,19 @@ from appliance.runtime.watchdog import Watchdog
 from appliance.safety.verdicts import blocking, reason
 from appliance.schema import AnalysisResult, TaskRequest
 from appliance.store.tables import Job
-from appliance.vocab import BLOCKED, CANCELLED, FAILED, OFF, PENDING, RUNNING, SUCCEEDED, SUMMARY
+from appliance.vocab import (
+    BLOCK,
+    BLOCKED,
+    CANCELLED,
+    DIGEST,
+    FAILED,
+    FLAG,
+    OFF,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    SUMMARY,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -323,13 +335,29 @@ class JobRunner:
             return FAILED
         try:
             text = self.pipeline.digest(texts, batch.language)
+            withheld = self._check_digest(batch_id, text)
         except Exception as exc:
             if is_permanent(exc):
                 self.store.digest_done(batch_id, None, error=one_line(exc))
                 return FAILED
             raise TransientError(one_line(exc)) from exc
+        if withheld:
+            self.store.digest_done(batch_id, None, error=withheld)
+            return BLOCKED
         self.store.digest_done(batch_id, text)
         return "done"
+
+    def _check_digest(self, batch_id: str, text: str) -> str | None:
+        """The text guard on a batch digest when its jobs' policies ask (the strictest one
+        decides): the reason when it is withheld."""
+        modes = self.store.batch_safety_modes(batch_id) - {OFF}
+        if not modes or not self.settings.safety.check_summaries:
+            return None
+        mode = BLOCK if BLOCK in modes else FLAG
+        check = self.pipeline.check_text(DIGEST, text)
+        log.info("batch %s digest: safety %s %s", batch_id, check.verdict, check.categories)
+        hit = blocking([check], mode, self.settings.safety.fail_mode)
+        return reason(hit, self.pipeline.safety.categories) if hit else None
 
 
 def _request(job: Job) -> TaskRequest:
