@@ -1,8 +1,9 @@
 """Tiny random models shaped like the real ones, for tests, CI and CPU benchmarks.
 
 `make_tiny(root)` writes a models root with a `tiny-mllama-vision` model (loads through the same
-`VisionEngine.load` as the real Llama 3.2 11B Vision weights) and a `tiny-llama-summarizer` model
-with its ONNX export. Everything is built offline and is byte-for-byte reproducible per seed.
+`VisionEngine.load` as the real Llama 3.2 11B Vision weights), a `tiny-llama-summarizer` model
+with its ONNX export, and two tiny safety guards shaped like Llama Guard 3 11B Vision (Mllama)
+and 1B (Llama) that carry the guards' chat template (`appliance.safety.template`). Everything is built offline and is byte-for-byte reproducible per seed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 VISION_NAME = "tiny-mllama-vision"
 SUMMARIZER_NAME = "tiny-llama-summarizer"
+# Llama Guard 3 stand-ins (role safety): 11B Vision is Mllama, 1B is Llama.
+VISION_GUARD_NAME = "tiny-mllama-guard"
+TEXT_GUARD_NAME = "tiny-llama-guard"
 
 # The real Llama 3 special tokens, in their real order; `<|image|>` is appended last by the
 # vision tokenizer so that its id equals the text vocab size, exactly as in the 11B checkpoint.
@@ -87,8 +91,6 @@ LLAMA3_ROPE: dict = {
 def make_tiny(root: Path, seed: int = 0) -> list[Path]:
     """Write the tiny vision and summarizer models and the two tiny safety guards under
     `root`; return their directories."""
-    from appliance.build.tiny_guards import make_tiny_guards
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     return [
@@ -265,6 +267,43 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     export_onnx(out, out / "onnx", write_manifests=False)
     _normalise_json(out / "onnx")
     write_manifest(out, SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM", demo=True)
+    return out
+
+
+def make_tiny_guards(root: Path, seed: int = 0) -> list[Path]:
+    root = Path(root)
+    from appliance.safety.template import GUARD_CHAT_TEMPLATE
+
+    vision = _make_vision(root / VISION_GUARD_NAME, seed + 7, name=VISION_GUARD_NAME,
+                          role="safety", template=GUARD_CHAT_TEMPLATE)  # fmt: skip
+    return [vision, _make_text_guard(root / TEXT_GUARD_NAME, seed + 7)]
+
+
+def _make_text_guard(out: Path, seed: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from appliance.registry import write_manifest
+    from appliance.safety.template import GUARD_CHAT_TEMPLATE
+
+    tokenizer = _train_tokenizer(with_image=False)
+    tokenizer.chat_template = GUARD_CHAT_TEMPLATE
+    config = LlamaConfig(
+        **_text_sizes(len(tokenizer)),
+        num_hidden_layers=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=_eos_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = _generation_config(tokenizer)
+    _fresh(out)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    _normalise_json(out)
+    write_manifest(out, TEXT_GUARD_NAME, "safety", "LlamaForCausalLM", demo=True)
     return out
 
 

@@ -1,6 +1,6 @@
-"""Tiny Llama Guard 3 stand-ins: both architectures, the real prompt format, random weights.
+"""Tiny Llama Guard 3 stand-ins, and steering them to a chosen verdict.
 
-`make_tiny_guards(root)` writes `tiny-mllama-guard` (Mllama, like Llama Guard 3 11B Vision) and
+`make_tiny_guards(root)` (built with the other tiny models in `appliance.build.tiny`) writes `tiny-mllama-guard` (Mllama, like Llama Guard 3 11B Vision) and
 `tiny-llama-guard` (Llama, like Llama Guard 3 1B), role `safety`, each carrying the guards' own
 chat template (`appliance.safety.template`). Their random answers are not verdicts, which is
 what the strict parser and the fail mode are for.
@@ -19,53 +19,16 @@ import shutil
 from pathlib import Path
 
 from appliance.build.tiny import (
-    _eos_ids,
-    _fresh,
-    _generation_config,
-    _make_vision,
+    TEXT_GUARD_NAME,
+    VISION_GUARD_NAME,
     _normalise_json,
-    _text_sizes,
-    _train_tokenizer,
+    make_tiny_guards,
 )
 from appliance.registry import MANIFEST, read_manifest, write_manifest
-from appliance.safety.template import GUARD_CHAT_TEMPLATE
 
-VISION_GUARD_NAME = "tiny-mllama-guard"
-TEXT_GUARD_NAME = "tiny-llama-guard"
+__all__ = ["TEXT_GUARD_NAME", "VISION_GUARD_NAME", "make_tiny_guards", "steer_guard"]
 # Logit of each chain step; every other token's logit is exactly 0 at these steps.
 _STEER = 50.0
-
-
-def make_tiny_guards(root: Path, seed: int = 0) -> list[Path]:
-    root = Path(root)
-    vision = _make_vision(root / VISION_GUARD_NAME, seed + 7, name=VISION_GUARD_NAME,
-                          role="safety", template=GUARD_CHAT_TEMPLATE)  # fmt: skip
-    return [vision, _make_text_guard(root / TEXT_GUARD_NAME, seed + 7)]
-
-
-def _make_text_guard(out: Path, seed: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = _train_tokenizer(with_image=False)
-    tokenizer.chat_template = GUARD_CHAT_TEMPLATE
-    config = LlamaConfig(
-        **_text_sizes(len(tokenizer)),
-        num_hidden_layers=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=_eos_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config = _generation_config(tokenizer)
-    _fresh(out)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    _normalise_json(out)
-    write_manifest(out, TEXT_GUARD_NAME, "safety", "LlamaForCausalLM", demo=True)
-    return out
 
 
 def steer_guard(src: Path, dst: Path, answer: str, name: str | None = None) -> Path:
