@@ -98,7 +98,7 @@ def test_cli_list_and_verify_ok(tiny_models_dir: Path) -> None:
     listed = _run("models", "list", "--models-dir", str(tiny_models_dir))
     assert listed.exit_code == 0, listed.output
     assert VISION_NAME in listed.output and "summarizer" in listed.output
-    guards = [line for line in listed.output.splitlines() if "safety" in line]
+    guards = [line for line in listed.output.splitlines() if line.split("\t")[1] == "safety"]
     assert len(guards) == 2, listed.output  # both tiny guards, under role safety
     checked = _run("models", "verify", "--no-progress", "--models-dir", str(tiny_models_dir))
     assert checked.exit_code == 0, checked.output
