@@ -19,7 +19,16 @@ from appliance.safety.template import DEFAULT_CATEGORIES
 from appliance.safety.verdicts import parse_verdict
 from appliance.schema import AnalysisResult, ChatTurn, TaskRequest
 from appliance.settings import load_settings
-from appliance.vocab import BLOCKED, SAFE, UNPARSABLE, UNSAFE
+from appliance.vocab import (
+    BLOCKED,
+    RETRYABLE,
+    SAFE,
+    TERMINAL,
+    UNPARSABLE,
+    UNSAFE,
+    WEBHOOK_EVENTS,
+    webhook_event,
+)
 from cli import cli
 from tests.safety_helpers import steered_root
 
@@ -130,6 +139,33 @@ def test_tiny_guards_load_and_answer_through_generate(roots: dict[str, Path]) ->
     text = GuardEngine.load(roots["unsafe"] / TEXT_GUARD_NAME, device="cpu")
     assert [a for a, _ in vision.classify(rows, DEFAULT_CATEGORIES, [])] == ["unsafe\nS2"] * 2
     assert [a for a, _ in text.classify(rows, DEFAULT_CATEGORIES, [])] == ["safe"] * 2
+    # Rows of one kind share one padded `generate` call: one wall time, split evenly.
+    three = [GuardRow(conversation(q, image=True), _image()) for q in ("a", "bb b", "c c c c")]
+    times = {ms for _, ms in vision.classify(three, DEFAULT_CATEGORIES, [])}
+    assert len(times) == 1
+
+
+def test_policy_per_door_and_token() -> None:
+    from appliance.safety import mode_for
+    from appliance.watch.watcher import folder_request
+
+    settings = load_settings(
+        config_file="/nonexistent.toml",
+        safety={"panel": "flag", "api": "off", "openai": "block", "cli": "flag",
+                "tokens": {"lims": "block"}},
+        folders=[{"path": "/tmp/x", "safety": "block"}],
+    )  # fmt: skip
+    assert mode_for(settings, "panel") == "flag"
+    assert mode_for(settings, "api", "other") == "off"
+    assert mode_for(settings, "api", "lims") == "block"
+    assert mode_for(settings, "openai", None) == "block"
+    assert mode_for(settings, "cli") == "flag"
+    assert folder_request(settings.folders[0]).safety == "block"
+    # A blocked job ends like the others: its own webhook event, and no retry.
+    assert webhook_event(BLOCKED) == "job.blocked" and "job.blocked" in WEBHOOK_EVENTS
+    assert BLOCKED in TERMINAL and BLOCKED not in RETRYABLE
+    with pytest.raises(ValueError, match="S14"):
+        load_settings(config_file="/nonexistent.toml", safety={"categories": {"X1": "no"}})
 
 
 def test_flag_records_input_and_output_verdicts(unsafe_pipeline) -> None:

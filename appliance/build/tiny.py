@@ -239,14 +239,14 @@ def _open_gates(model, seed: int) -> None:
                 param.copy_(0.5 + torch.rand(param.shape, generator=gen))
 
 
-def _make_summarizer(out: Path, seed: int) -> Path:
+def _write_llama(out: Path, seed: int, template: str | None = None) -> None:
+    """A tiny Llama 3.2 1B-shaped model and its tokenizer in `out` (no manifest yet)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.build.onnx_export import export_onnx
-    from appliance.registry import write_manifest
-
     tokenizer = _train_tokenizer(with_image=False)
+    if template is not None:
+        tokenizer.chat_template = template
     config = LlamaConfig(
         **_text_sizes(len(tokenizer)),
         num_hidden_layers=2,
@@ -263,6 +263,13 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _normalise_json(out)
+
+
+def _make_summarizer(out: Path, seed: int) -> Path:
+    from appliance.build.onnx_export import export_onnx
+    from appliance.registry import write_manifest
+
+    _write_llama(out, seed)
     # One manifest for the folder, written last, lists the torch files and the ONNX export.
     export_onnx(out, out / "onnx", write_manifests=False)
     _normalise_json(out / "onnx")
@@ -271,40 +278,17 @@ def _make_summarizer(out: Path, seed: int) -> Path:
 
 
 def make_tiny_guards(root: Path, seed: int = 0) -> list[Path]:
-    root = Path(root)
-    from appliance.safety.template import GUARD_CHAT_TEMPLATE
-
-    vision = _make_vision(root / VISION_GUARD_NAME, seed + 7, name=VISION_GUARD_NAME,
-                          role="safety", template=GUARD_CHAT_TEMPLATE)  # fmt: skip
-    return [vision, _make_text_guard(root / TEXT_GUARD_NAME, seed + 7)]
-
-
-def _make_text_guard(out: Path, seed: int) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """The two tiny Llama Guard 3 stand-ins (role safety) with the guards' chat template."""
     from appliance.registry import write_manifest
     from appliance.safety.template import GUARD_CHAT_TEMPLATE
 
-    tokenizer = _train_tokenizer(with_image=False)
-    tokenizer.chat_template = GUARD_CHAT_TEMPLATE
-    config = LlamaConfig(
-        **_text_sizes(len(tokenizer)),
-        num_hidden_layers=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=_eos_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config = _generation_config(tokenizer)
-    _fresh(out)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    _normalise_json(out)
-    write_manifest(out, TEXT_GUARD_NAME, "safety", "LlamaForCausalLM", demo=True)
-    return out
+    root = Path(root)
+    vision = _make_vision(root / VISION_GUARD_NAME, seed + 7, name=VISION_GUARD_NAME,
+                          role="safety", template=GUARD_CHAT_TEMPLATE)  # fmt: skip
+    text = root / TEXT_GUARD_NAME
+    _write_llama(text, seed + 7, GUARD_CHAT_TEMPLATE)
+    write_manifest(text, TEXT_GUARD_NAME, "safety", "LlamaForCausalLM", demo=True)
+    return [vision, text]
 
 
 def _fresh(out: Path) -> None:
