@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from appliance.build.tiny_guards import TEXT_GUARD_NAME, VISION_GUARD_NAME
-from appliance.engines.guard import GuardEngine, GuardRow
+from appliance.engines.guard import GuardRow
 from appliance.errors import SafetyBlocked
 from appliance.safety.stage import conversation
 from appliance.safety.template import DEFAULT_CATEGORIES
@@ -88,11 +88,13 @@ def _image() -> Image.Image:
     return Image.new("RGB", (64, 48), (120, 60, 30))
 
 
-def test_template_renders_meta_format_for_both_architectures(tiny_models_dir: Path) -> None:
+def test_template_renders_meta_format_for_both_architectures(unsafe_pipeline) -> None:
     messages = conversation("What is on the shelf?", image=True, answer="Three boxes.")
     categories = {**DEFAULT_CATEGORIES, "S14": "Patient names."}
-    for name in (VISION_GUARD_NAME, TEXT_GUARD_NAME):
-        guard = GuardEngine.load(tiny_models_dir / name, device="cpu")
+    # The production loader picks the vision guard (Mllama) for images, the 1B (Llama) for text.
+    for image, name in ((True, VISION_GUARD_NAME), (False, TEXT_GUARD_NAME)):
+        guard = unsafe_pipeline.guard(image)
+        assert guard.name == name and guard.sees_images is image
         assert guard.render(messages, categories, ["S6"]) == EXPECTED_AGENT_PROMPT
     # The last role decides what is judged: a lone user turn is the request ('User').
     user_only = guard.render(conversation("Hi", image=False), DEFAULT_CATEGORIES, [])
@@ -133,10 +135,9 @@ def test_parsing_is_strict(text: str, expected: tuple[str, list[str]]) -> None:
     assert parse_verdict(text, known) == expected
 
 
-def test_tiny_guards_load_and_answer_through_generate(roots: dict[str, Path]) -> None:
+def test_tiny_guards_load_and_answer_through_generate(unsafe_pipeline) -> None:
     rows = [GuardRow(conversation("x", image=True), _image()), GuardRow(conversation("y", False))]
-    vision = GuardEngine.load(roots["unsafe"] / VISION_GUARD_NAME, device="cpu")
-    text = GuardEngine.load(roots["unsafe"] / TEXT_GUARD_NAME, device="cpu")
+    vision, text = unsafe_pipeline.guard(True), unsafe_pipeline.guard(False)
     assert [a for a, _ in vision.classify(rows, DEFAULT_CATEGORIES, [])] == ["unsafe\nS2"] * 2
     assert [a for a, _ in text.classify(rows, DEFAULT_CATEGORIES, [])] == ["safe"] * 2
     # Rows of one kind share one padded `generate` call: one wall time, split evenly.
