@@ -151,18 +151,18 @@ class Pipeline:
         guarded = [i for i, (_, req) in enumerate(items) if req.safety != OFF]
         stopped: dict[int, Check] = {}
         if guarded and stage.checks_input:
-            got = self.thread.run(lambda: stage.check_input(
-                [(_rows(items[i]), _prompt(items[i][1])) for i in guarded]))  # fmt: skip
-            self._note(items, guarded, got, checks, stopped)
+            asked = [(_rows(items[i]), _prompt(items[i][1])) for i in guarded]
+            self._note(items, guarded, self.thread.run(stage.check_input, asked), checks, stopped)
         run = [i for i in range(len(items)) if i not in stopped]
-        results = dict(zip(run, self.analyze_many([items[i] for i in run], should_stop),
-                           strict=True))  # fmt: skip
+        analysed = self.analyze_many([items[i] for i in run], should_stop)
+        results = dict(zip(run, analysed, strict=True))
         guarded = [i for i in guarded if i in results]
         if guarded and stage.checks_output:
-            got = self.thread.run(lambda: stage.check_output([
+            answered = [
                 (_rows(items[i]), _prompt(items[i][1]), [p.text for p in results[i].pages])
                 for i in guarded
-            ]))  # fmt: skip
+            ]
+            got = self.thread.run(stage.check_output, answered)
             self._note(items, guarded, got, checks, stopped)
         out: list[AnalysisResult | SafetyBlocked] = []
         for i in range(len(items)):

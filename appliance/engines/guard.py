@@ -118,13 +118,14 @@ class GuardEngine:
         """Each row's raw answer and its share of the wall time (ms), in input order."""
         if not rows:
             return []
-        with_image = [i for i, r in enumerate(rows) if r.image is not None and self.sees_images]
-        groups = [with_image, [i for i in range(len(rows)) if i not in set(with_image)]]
+        # The processor refuses a batch where some rows have an image and others none.
+        seen = [r.image is not None and self.sees_images for r in rows]
         done: dict[int, tuple[str, float]] = {}
-        for group in groups:
+        for images in (True, False):
+            group = [i for i, s in enumerate(seen) if s is images]
             if group:
                 answers = self._generate([rows[i] for i in group], categories, excluded,
-                                         max_new_tokens, images=group is with_image)  # fmt: skip
+                                         max_new_tokens, images=images)  # fmt: skip
                 done.update(zip(group, answers, strict=True))
         return [done[i] for i in range(len(rows))]
 
