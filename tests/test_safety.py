@@ -23,6 +23,7 @@ from appliance.vocab import (
     BLOCKED,
     RETRYABLE,
     SAFE,
+    SUCCEEDED,
     TERMINAL,
     UNPARSABLE,
     UNSAFE,
@@ -247,3 +248,39 @@ def test_cli_analyze_safety_json(roots: dict[str, Path], tmp_path: Path) -> None
     line = json.loads(block.stdout.strip().splitlines()[-1])
     assert line["state"] == BLOCKED and line["safety"][0]["verdict"] == UNSAFE
     assert "unsafe: S2 Non-Violent Crimes" in block.stderr
+
+
+def test_runner_stores_checks_and_withholds_an_unsafe_summary_and_digest(
+    roots: dict[str, Path], tmp_path: Path, redis_server: str
+) -> None:
+    """The worker's own path (JobRunner, in-process): checks stored with the job; the 1B
+    guard judges the summary and the batch digest, and `block` withholds them."""
+    from appliance.jobs import JobService
+    from appliance.runtime.runner import JobRunner
+
+    pipeline = _pipeline(roots["text_unsafe"], check="output")
+    settings = pipeline.settings.model_copy(
+        update={"data_dir": tmp_path, "redis_url": redis_server.rsplit("/", 1)[0] + "/12"}
+    )
+    settings.queue.batch_size = 1
+    service = JobService.from_settings(settings)
+    batch = service.open_batch(source="folder", label="scans")
+    request = TaskRequest(task="caption", summarize=True, safety="block")
+    png = tmp_path / "p.png"
+    _image().save(png)
+    job = service.submit(png.read_bytes(), "p.png", request, source="folder", batch_id=batch.id)
+    service.close_batch(batch.id)
+    runner = JobRunner(service.backend, hostname="gpu0@t", device="cpu", pipeline=pipeline)
+    runner.run_job(job.id)
+    done = service.get(job.id)
+    assert done is not None and done.state == SUCCEEDED
+    assert [(c["stage"], c["verdict"]) for c in done.safety or []] == [("output", SAFE)]
+    assert runner.summarize_job(job.id) == BLOCKED
+    done = service.get(job.id)
+    assert done is not None and done.summary is None
+    assert done.summary_error == "blocked by the safety check (summary): unsafe: S10 Hate"
+    assert [c["stage"] for c in done.safety or []] == ["output", "summary"]
+    assert runner.digest_batch(batch.id) == BLOCKED
+    info = service.get_batch(batch.id)
+    assert info is not None and info.digest is None
+    assert info.digest_error == "blocked by the safety check (digest): unsafe: S10 Hate"
