@@ -192,3 +192,27 @@ def api_worker_stack(
 
     with running_stack(tmp_path_factory.mktemp("api-e2e"), redis_server, tiny_models_dir) as s:
         yield s
+
+
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Each test module is
+# one unit of work, so module fixtures (a booted container, a worker stack) are built once; the
+# longest modules start first, so the two workers end together. The provisioning module alone
+# takes ~10 minutes, most of it waiting on dpkg, ansible and booting containers, which is why
+# running it beside the rest nearly halves the suite's wall time on two cores.
+LONGEST_FIRST = (
+    "test_provisioning.py",
+    "test_queue_workers.py",
+    "test_watch_e2e.py",
+    "test_scaleout.py",
+    "test_up.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker: keep pytest's own order
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
