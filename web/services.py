@@ -64,7 +64,7 @@ class Services:
     def openai_files(self) -> OpenAIFiles:
         from appliance.openai import OpenAIFiles
 
-        return OpenAIFiles(self.jobs.store, self.settings)
+        return OpenAIFiles(self.jobs.store, self.settings, self.jobs.backend.blobs)
 
     @cached_property
     def openai_batches(self) -> OpenAIBatches:
