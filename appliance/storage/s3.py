@@ -10,6 +10,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -48,19 +49,24 @@ class S3Blobs:
         client = getattr(self._local, "client", None)
         if client is None:
             cfg = self._cfg
+            key = _secret(cfg.access_key, cfg.access_key_file)
+            config = Config(
+                connect_timeout=cfg.connect_timeout_s,
+                read_timeout=cfg.read_timeout_s,
+                retries={"max_attempts": 2, "mode": "standard"},
+                s3={"addressing_style": "path"},
+                # No key configured: unsigned requests, for a store open to anonymous access
+                # (a test store); never boto3's own search of ~/.aws or the environment.
+                signature_version=None if key else UNSIGNED,
+            )
             client = boto3.session.Session().client(
                 "s3",
                 endpoint_url=cfg.endpoint_url or None,
                 region_name=cfg.region,
-                aws_access_key_id=_secret(cfg.access_key, cfg.access_key_file),
+                aws_access_key_id=key,
                 aws_secret_access_key=_secret(cfg.secret_key, cfg.secret_key_file),
                 verify=str(cfg.ca_file) if cfg.ca_file else None,
-                config=Config(
-                    connect_timeout=cfg.connect_timeout_s,
-                    read_timeout=cfg.read_timeout_s,
-                    retries={"max_attempts": 2, "mode": "standard"},
-                    s3={"addressing_style": "path"},
-                ),
+                config=config,
             )
             self._local.client = client
         return client
@@ -76,12 +82,24 @@ class S3Blobs:
         return bucket, key
 
     def put(self, data: bytes, sha: str) -> str:
+        """Once per content: an object already there with this size is these bytes (as on
+        the local disk; a read checks the sha256 either way)."""
+        key = self.key(sha)
         try:
             self._ensure_bucket()
-            self.client.put_object(Bucket=self.bucket, Key=self.key(sha), Body=data)
+            if self._size(key) != len(data):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc) from exc
         return self.location(sha)
+
+    def _size(self, key: str) -> int | None:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise
 
     def read(self, location: str) -> bytes:
         bucket, key = self._key_of(location)
