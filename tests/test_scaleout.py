@@ -130,7 +130,16 @@ class Fleet:
         web_args = ["web", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"]
         self.web = BoxProcess(self.env_a, web_args, logs / "web.log")
         self.watcher = BoxProcess(self.env_a, ["watch"], logs / "watch.log")
-        worker_args = ["worker", "--devices", "0", "--simulate-gpus", "--include"]
+        # Image lanes only: no summarizer to load, so each restart after a kill is quicker.
+        worker_args = [
+            "worker",
+            "--devices",
+            "0",
+            "--simulate-gpus",
+            "--queues",
+            "interactive,bulk",
+        ]
+        worker_args += ["--include"]
         worker_args += ["tests.queue_hooks", "--loglevel", "WARNING", "--stop-timeout", "10"]
         self.worker = BoxProcess(self.env_b, worker_args, logs / "worker.log", hide=self.box_a)
         self.procs = [self.web, self.watcher, self.worker]
@@ -182,10 +191,10 @@ class Fleet:
         return all(counts[i] == 1 for i in ids)
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        for proc in reversed(self.procs):  # nothing is left to finish: a power cut is quicker
+            proc.stop(kill=True)
         if self.weed is not None:
-            self.weed.stop()
+            self.weed.stop(kill=True)
         if self.redis is not None:
             self.redis.stop()
         if self.db is not None:
