@@ -121,10 +121,6 @@ def make_celery(settings: Settings, main: str = "appliance") -> Celery:
 def check_settings(settings: Settings) -> None:
     """Refuse queue settings under which Redis would hand a running job to a second worker,
     or a Redis on the network without credentials."""
-    try:
-        require_credentials(settings)
-    except RedisUnsafe as exc:
-        raise QueueMisconfigured(str(exc)) from None
     q = settings.queue
     longest = q.time_limit_s * max(1, q.batch_size)
     if q.visibility_timeout_s <= longest:
@@ -134,6 +130,10 @@ def check_settings(settings: Settings) -> None:
         )
     if q.stale_after_s <= 2 * q.heartbeat_s:
         raise QueueMisconfigured("queue.stale_after_s must be more than twice heartbeat_s")
+    try:
+        require_credentials(settings)
+    except RedisUnsafe as exc:
+        raise QueueMisconfigured(str(exc)) from None
 
 
 class Broker:

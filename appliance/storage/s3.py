@@ -7,6 +7,7 @@ Every failure to reach the store becomes `StorageUnavailable` (a wait), a missin
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -22,12 +23,11 @@ if TYPE_CHECKING:
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
-def _secret(value: str, path: object) -> str | None:
+def _secret(value: str, path: Path | None) -> str | None:
+    """A key from its file (readable by the service user only) or its setting."""
     if path is None:
         return value or None
-    from pathlib import Path
-
-    return Path(str(path)).read_text().strip()
+    return path.read_text().strip()
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -77,10 +77,6 @@ class S3Blobs:
     def location(self, sha: str) -> str:
         return f"s3://{self.bucket}/{self.key(sha)}"
 
-    def _key_of(self, location: str) -> tuple[str, str]:
-        bucket, key = split_url(location)
-        return bucket, key
-
     def put(self, data: bytes, sha: str) -> str:
         """Once per content: an object already there with this size is these bytes (as on
         the local disk; a read checks the sha256 either way)."""
@@ -102,7 +98,7 @@ class S3Blobs:
             raise
 
     def read(self, location: str) -> bytes:
-        bucket, key = self._key_of(location)
+        bucket, key = split_url(location)
         try:
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
@@ -113,7 +109,7 @@ class S3Blobs:
             raise _unavailable(exc) from exc
 
     def delete(self, location: str) -> bool:
-        bucket, key = self._key_of(location)
+        bucket, key = split_url(location)
         try:
             self.client.delete_object(Bucket=bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
