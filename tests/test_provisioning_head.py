@@ -103,6 +103,11 @@ def test_head_and_two_boxes_share_one_queue(applied: Applied, tmp_path: Path) ->
             cmdlines = "".join(_cmdlines(m[name]) for name in ("head", "box-a", "box-b"))
             assert "weed server" in cmdlines and "-s3.config=" in cmdlines
             assert not [s for s in secrets.values() if s in cmdlines]
+            # SeaweedFS's unit is hardened (exposure 0-10 as systemd rates it; 2.0 or less).
+            unit = head_root / "etc/systemd/system/seaweedfs.service"
+            rating = t.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20",
+                            str(unit)], check=False)  # fmt: skip
+            assert rating.returncode == 0, rating.stdout[-1500:] + rating.stderr
             # Redis on the LAN: protected, the default user off; a box without the password
             # gets nothing.
             assert _redis_says(m["box-a"], head_address, "PING").startswith("-NOAUTH"), _redis_says(
