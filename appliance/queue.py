@@ -19,6 +19,13 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from appliance.errors import ApplianceError
+from appliance.redis_conn import (
+    RedisUnsafe,
+    redis_client_kwargs,
+    redis_ssl,
+    redis_url,
+    require_credentials,
+)
 from appliance.settings import Settings
 from appliance.vocab import BULK, INTERACTIVE
 
@@ -62,7 +69,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     exchange = Exchange("appliance", type="direct")
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": redis_url(settings),
+        "broker_use_ssl": redis_ssl(settings),
         # No result backend: the job store holds results. (A Redis one would also make every
         # send wait ~20 s for it when Redis is down.) Its options are set anyway, should an
         # operator enable one: a shorter visibility timeout there would re-run long jobs.
@@ -111,7 +119,8 @@ def make_celery(settings: Settings, main: str = "appliance") -> Celery:
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse queue settings under which Redis would hand a running job to a second worker."""
+    """Refuse queue settings under which Redis would hand a running job to a second worker,
+    or a Redis on the network without credentials."""
     q = settings.queue
     longest = q.time_limit_s * max(1, q.batch_size)
     if q.visibility_timeout_s <= longest:
@@ -121,6 +130,10 @@ def check_settings(settings: Settings) -> None:
         )
     if q.stale_after_s <= 2 * q.heartbeat_s:
         raise QueueMisconfigured("queue.stale_after_s must be more than twice heartbeat_s")
+    try:
+        require_credentials(settings)
+    except RedisUnsafe as exc:
+        raise QueueMisconfigured(str(exc)) from None
 
 
 class Broker:
@@ -131,7 +144,10 @@ class Broker:
         self.settings = settings
         self.app = app or make_celery(settings)
         self.redis = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=5, socket_timeout=30
+            redis_url(settings),
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            **redis_client_kwargs(settings),
         )
 
     # -- sending ----------------------------------------------------------------------------

@@ -228,6 +228,36 @@ class Queue(BaseModel):
     simulate_gpus: bool = False
 
 
+class Storage(BaseModel):
+    """Where inputs and artifacts (OpenAI files, batch outputs) live: `appliance.storage`.
+
+    Empty `url`: files under `data_dir` (one box). `s3://BUCKET/PREFIX`: any S3-compatible
+    store (SeaweedFS, MinIO, Ceph RGW) shared by every box of a fleet. Added for issue 13.
+    """
+
+    url: str = Field(default="", pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?)?$")
+    # http(s)://HOST:PORT of the S3 gateway; empty: AWS's own endpoints.
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    access_key: str = ""
+    secret_key: str = ""
+    # Files holding the keys (readable by the service user only); they win over the values.
+    access_key_file: Path | None = None
+    secret_key_file: Path | None = None
+    # CA bundle for an https endpoint signed by an in-house CA; None: the system's trust store.
+    ca_file: Path | None = None
+    # Workers keep downloaded inputs in a local cache of at most this many bytes (least
+    # recently used out), so a retry or a multi-page job does not download again. 0: no cache.
+    cache_bytes: int = Field(default=2 * 1024**3, ge=0)
+    # Default: data_dir/cache.
+    cache_dir: Path | None = None
+    # One S3 call's connect/read timeouts; the store being away is a wait, never a failure.
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 30.0
+    # How long the API tells clients to wait (Retry-After) while the store or database is away.
+    retry_after_s: int = 10
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="APPLIANCE_",
@@ -239,6 +269,14 @@ class Settings(BaseSettings):
     models_dir: Path = Path("/var/lib/appliance/models")
     data_dir: Path = Path("/var/lib/appliance/data")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Credentials for a Redis shared across boxes (ACL user + password); a worker or web
+    # process refuses a non-loopback Redis without them. From here or from a file readable by
+    # the service user only (never the command line); they win over any in `redis_url`.
+    redis_username: str = ""
+    redis_password: str = ""
+    redis_password_file: Path | None = None
+    # For rediss:// with an in-house CA; None: the system's trust store.
+    redis_ca_file: Path | None = None
     # Empty means SQLite in the data dir; a postgresql+psycopg:// URL lets boxes share one queue.
     database_url: str = ""
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -263,6 +301,7 @@ class Settings(BaseSettings):
     queue: Queue = Field(default_factory=Queue)
     webhooks: Webhooks = Field(default_factory=Webhooks)
     safety: Safety = Field(default_factory=Safety)
+    storage: Storage = Field(default_factory=Storage)
 
     @classmethod
     def settings_customise_sources(

@@ -23,3 +23,14 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 def get_settings(ctx: click.Context) -> Settings:
     return ctx.find_root().obj
+
+
+def refuse_unsafe_redis(settings: Settings) -> None:
+    """One line and exit 78 (EX_CONFIG) for a Redis on the network without credentials."""
+    from appliance.redis_conn import RedisUnsafe, require_credentials
+
+    try:
+        require_credentials(settings)
+    except RedisUnsafe as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        raise SystemExit(78) from None

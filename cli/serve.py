@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from appliance.settings import Settings
-from cli.group import cli, get_settings
+from cli.group import cli, get_settings, refuse_unsafe_redis
 
 
 def _gunicorn_app(settings: Settings, options: dict[str, Any]) -> Any:
@@ -43,6 +43,7 @@ def _gunicorn_app(settings: Settings, options: dict[str, Any]) -> Any:
 def web(ctx: click.Context, bind: str, workers: int | None, threads: int) -> None:
     """Serve the REST API, the OpenAI-compatible API and the panel with gunicorn."""
     settings = get_settings(ctx)
+    refuse_unsafe_redis(settings)
     options = {
         "bind": [bind],
         "workers": workers or min(4, os.cpu_count() or 1),

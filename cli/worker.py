@@ -9,7 +9,7 @@ import click
 
 from appliance.queue import QUEUE_ORDER
 from appliance.schema import split_csv
-from cli.group import cli, get_settings
+from cli.group import cli, get_settings, refuse_unsafe_redis
 
 
 @cli.command()
@@ -57,6 +57,7 @@ def worker(
     from workers.supervisor import Supervisor, celery_command
 
     settings = get_settings(ctx)
+    refuse_unsafe_redis(settings)
     simulate = simulate_gpus or settings.queue.simulate_gpus
     try:
         wanted = parse_devices(devices) if devices else None

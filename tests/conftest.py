@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+# The provisioning modules share one bundle and one applied root per session.
+pytest_plugins = ["tests.provisioning.fixtures"]
+
 # The tests never go online; set before transformers is imported anywhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

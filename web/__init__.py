@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask
 
+from appliance.redis_conn import require_credentials
 from appliance.settings import Settings, load_settings
 from web import auth
 from web.problems import register_error_handlers
@@ -24,6 +25,7 @@ def create_app(
 ) -> Flask:
     """The WSGI app. `services` overrides collaborators (jobs=, tokens=, redis=) in tests."""
     settings = settings or load_settings()
+    require_credentials(settings)  # a LAN Redis without a password: refuse to serve
     app = Flask(__name__)
     app.request_class = UploadRequest
     app.config.update(

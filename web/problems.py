@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, json, request
+from flask import Flask, Response, current_app, json, request
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from appliance.errors import (
@@ -28,6 +29,7 @@ from appliance.errors import (
     TooLarge,
     TooManyPages,
 )
+from appliance.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,16 @@ def _summarise(messages: Any) -> str:
 _LOCATIONS = {"json", "form", "files", "multipart", "query", "headers", "view_args", "json_or_form"}
 
 
+def _retry_after() -> int:
+    services = current_app.extensions.get("appliance")
+    return services.settings.storage.retry_after_s if services is not None else 10
+
+
+def _is_connection_error(err: DBAPIError) -> bool:
+    """OperationalError is how both drivers say the server is away (refused, reset, gone)."""
+    return err.connection_invalidated or isinstance(err, OperationalError)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(err: Problem) -> Response:
@@ -151,6 +163,22 @@ def register_error_handlers(app: Flask) -> None:
         if status >= 500:
             log.error("request failed: %s", err, exc_info=err)
         return problem_response(status, str(err))
+
+    # The object store or the database is away (a head node restarting, a network blip): a
+    # wait for the client, never a refusal of its file.
+    @app.errorhandler(StorageUnavailable)
+    @app.errorhandler(DBAPIError)
+    def _unavailable(err: Exception) -> Response:
+        if isinstance(err, DBAPIError) and not _is_connection_error(err):
+            return _unexpected(err)
+        log.warning("dependency unavailable on %s %s: %s", request.method, request.path, err)
+        what = "object store" if isinstance(err, StorageUnavailable) else "database"
+        wait = _retry_after()
+        return problem_response(
+            503,
+            f"the {what} is not reachable right now; try again in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
 
     @app.errorhandler(HTTPException)
     def _http(err: HTTPException) -> Response:

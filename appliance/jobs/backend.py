@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from appliance.queue import Broker
 from appliance.settings import Settings
+from appliance.storage import Blobs, open_blobs
 from appliance.store import init_db
 from appliance.store.repo import JobStore
 
@@ -24,6 +25,8 @@ class JobBackend:
     settings: Settings
     store: JobStore
     broker: Broker
+    # Inputs and artifacts by sha256: local files, or the object store the boxes share.
+    blobs: Blobs
     # Called with a batch's id when `job_ended` finished it. Only the worker side registers
     # one (OpenAI batches write their output files there, never in a request); elsewhere the
     # reconciler's sweep does that work.
@@ -37,7 +40,7 @@ class JobBackend:
         engine = init_db(settings) if migrate else get_engine(settings.db_url)
         broker = Broker(settings)
         store = JobStore(engine, notify=broker.publish, on_outbox=broker.send_webhooks)
-        return cls(settings, store, broker)
+        return cls(settings, store, broker, open_blobs(settings))
 
     def job_ended(self, batch_id: str | None) -> None:
         """After a job reached an end state: finish its batch if it was the last, and send the

@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from appliance.errors import InvalidRequest, JobNotFound, JobStateConflict
@@ -159,12 +158,17 @@ class JobService(Submitting, Searching):
         """The job's events, oldest first (queued, running, requeued, succeeded, ...)."""
         return self.store.job_events(job_id)
 
-    def input_file(self, job_id: str) -> Path:
-        """Where the job's original file lies (raises JobNotFound if purged or unknown)."""
+    def input_file(self, job_id: str) -> bytes:
+        """The job's original file, from whichever box or store holds it, checked against its
+        sha256 (raises JobNotFound if purged or unknown, ChecksumMismatch if altered,
+        StorageUnavailable while the store is away)."""
         job = self.store.get(job_id)
         if job is None or job.input_purged_at is not None:
             raise JobNotFound(f"no input file for job {job_id}")
-        return Path(job.input_path)
+        try:
+            return self.backend.blobs.get(job.input_path, job.input_sha256)
+        except FileNotFoundError as exc:
+            raise JobNotFound(f"no input file for job {job_id}") from exc
 
     # -- control ----------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.errors import InvalidRequest, JobNotFound
-from appliance.files import atomic_write
 from appliance.jobs.views import BatchInfo, JobInfo
 from appliance.queue import LANES
 from appliance.schema import TaskRequest
@@ -66,9 +65,10 @@ class Submitting:
     ) -> JobInfo:
         """Queue one file. Returns at once with the queued job; never runs the model.
 
-        - `data` is stored content-addressed under `settings.uploads_dir` (unless `input_path`
-          names a file that already holds exactly these bytes and stays put, e.g. a claimed
-          drop-folder file). It is never deleted because the job failed.
+        - `data` is stored content-addressed through `backend.blobs` (local files or the shared
+          object store; unless, on one box, `input_path` names a file that already holds
+          exactly these bytes and stays put, e.g. a claimed drop-folder file). It is never
+          deleted because the job failed. Raises StorageUnavailable while the store is away.
         - `priority` defaults to `bulk` for `source="folder"`, else `interactive`.
         - `batch_id`: join that batch (created on first use, see `open_batch`); call
           `close_batch` when no more jobs will join, so its digest can be made.
@@ -82,7 +82,11 @@ class Submitting:
         if lane not in LANES:
             raise InvalidRequest(f"unknown priority {lane!r}")
         sha = hashlib.sha256(data).hexdigest()
-        path = Path(input_path) if input_path is not None else self._store_file(data, sha)
+        blobs = self.backend.blobs
+        if input_path is not None:
+            location = blobs.adopt(Path(input_path), data, sha)
+        else:
+            location = blobs.put(data, sha)
         job = Job(
             id=str(uuid.uuid4()),
             source=source,
@@ -91,7 +95,7 @@ class Submitting:
             batch_id=batch_id,
             idempotency_key=f"{owner or ''}\x1f{idempotency_key}" if idempotency_key else None,
             filename=os.path.basename(filename)[:512] or "upload",
-            input_path=str(path),
+            input_path=location,
             input_sha256=sha,
             size_bytes=len(data),
             task=request.task,
@@ -106,13 +110,6 @@ class Submitting:
         if created:
             self.broker.send_job(row.id, row.priority)
         return JobInfo.from_row(row)
-
-    def _store_file(self, data: bytes, sha: str) -> Path:
-        """Content-addressed under `uploads_dir`: the same bytes are stored once."""
-        path = self.settings.uploads_dir / sha[:2] / sha
-        if not (path.exists() and path.stat().st_size == len(data)):
-            atomic_write(path, data)
-        return path
 
     def open_batch(
         self,

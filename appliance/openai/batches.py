@@ -157,7 +157,7 @@ class OpenAIBatches:
         if row is None or row.status not in (VALIDATING, IN_PROGRESS, CANCELLING):
             return
         try:
-            data = self.files.content(row.input_file_id, None).read_bytes()
+            data = self.files.content(row.input_file_id, None)
         except OpenAINotFound as exc:
             self._fail(batch_id, [{"code": "missing_file", "message": str(exc), "line": None}], 0)
             return

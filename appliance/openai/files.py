@@ -1,7 +1,9 @@
 """OpenAI Files (`/v1/files`): JSONL uploads for batches and the files batches write.
 
-Each file's bytes lie under `settings.openai_files_dir` by file id, written atomically; its row
-(owner, name, purpose, size) is in the store. A caller sees its own files; `owner=None` is an
+Each file's bytes lie under `settings.openai_files_dir` by file id, written atomically, or,
+when boxes share an object store, in it by sha256 (so a batch's output written by a worker on
+one box is read by the API on another); its row (owner, name, purpose, size, location) is in
+the store. A caller sees its own files; `owner=None` is an
 admin, who sees every file.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from appliance.errors import EmptyFile, InvalidRequest, OpenAINotFound, TooLarge
 from appliance.files import atomic_write
 from appliance.settings import Settings
+from appliance.storage import Blobs, open_blobs
 from appliance.store.base import utcnow
 from appliance.store.openai_tables import OpenAIFile
 from appliance.store.repo import JobStore
@@ -50,9 +53,10 @@ def file_object(row: OpenAIFile) -> dict[str, Any]:
 
 
 class OpenAIFiles:
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: JobStore, settings: Settings, blobs: Blobs | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.blobs = blobs or open_blobs(settings)
 
     def upload(self, data: bytes, filename: str, purpose: str, owner: str | None) -> OpenAIFile:
         """Store an upload for a batch: JSONL text. Its lines are read when a batch uses it,
@@ -74,12 +78,25 @@ class OpenAIFiles:
         self, file_id: str, data: bytes, filename: str, purpose: str, owner: str | None
     ) -> OpenAIFile:
         """Write the bytes, then the row: a row never names a file that is not all there."""
+        location = self.put(file_id, data)
+        return self.store.add_file(self.row(file_id, data, filename, purpose, owner, location))
+
+    def put(self, file_id: str, data: bytes) -> str:
+        """Store the bytes (atomically); returns their location for the row."""
+        if self.blobs.shared:
+            return self.blobs.put(data)
         path = self.path_of(file_id)
         atomic_write(path, data)
-        return self.store.add_file(self.row(file_id, data, filename, purpose, owner))
+        return str(path)
 
     def row(
-        self, file_id: str, data: bytes, filename: str, purpose: str, owner: str | None
+        self,
+        file_id: str,
+        data: bytes,
+        filename: str,
+        purpose: str,
+        owner: str | None,
+        location: str,
     ) -> OpenAIFile:
         return OpenAIFile(
             id=file_id,
@@ -88,7 +105,7 @@ class OpenAIFiles:
             purpose=purpose,
             bytes=len(data),
             status=FILE_PROCESSED,
-            path=str(self.path_of(file_id)),
+            path=location,
             created_at=utcnow(),
         )
 
@@ -101,11 +118,16 @@ class OpenAIFiles:
             raise OpenAINotFound(f"no file with id {file_id!r}")
         return row
 
-    def content(self, file_id: str, owner: str | None) -> Path:
-        path = Path(self.get(file_id, owner).path)
-        if not path.is_file():
-            raise OpenAINotFound(f"the content of file {file_id!r} is gone")
-        return path
+    def content(self, file_id: str, owner: str | None) -> bytes:
+        """The bytes; from the object store they are checked against their sha256 (the last
+        part of their key)."""
+        location = self.get(file_id, owner).path
+        try:
+            if location.startswith("s3://"):
+                return self.blobs.get(location, location.rsplit("/", 1)[-1])
+            return Path(location).read_bytes()
+        except FileNotFoundError:
+            raise OpenAINotFound(f"the content of file {file_id!r} is gone") from None
 
     def page(
         self,
@@ -126,5 +148,9 @@ class OpenAIFiles:
         OpenAI's do); its content is then gone."""
         self.get(file_id, owner)
         row = self.store.delete_file(file_id)
-        if row is not None:
+        if row is None:
+            return
+        if not row.path.startswith("s3://"):
             Path(row.path).unlink(missing_ok=True)
+        elif not self.store.file_location_used(row.path):  # the same bytes, another file
+            self.blobs.delete(row.path)

@@ -15,7 +15,6 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from appliance.files import atomic_write
 from appliance.jobs import JobInfo, JobService
 from appliance.openai.batch_input import (
     BATCH_CANCELLED,
@@ -56,7 +55,7 @@ class BatchFinisher:
     def __init__(self, backend: JobBackend) -> None:
         self.store = backend.store
         self.settings = backend.settings
-        self.files = OpenAIFiles(self.store, self.settings)
+        self.files = OpenAIFiles(self.store, self.settings, backend.blobs)
         self.batches = OpenAIBatches(JobService(backend), self.files)
 
     def on_batch_finished(self, batch_id: str) -> None:
@@ -148,9 +147,9 @@ class BatchFinisher:
     def _write(self, row: OpenAIBatch, kind: str, data: bytes) -> OpenAIFile:
         """The bytes (atomically) and the row to insert with the batch's end."""
         file_id = new_file_id(f"{row.id}:{kind}")
-        atomic_write(self.files.path_of(file_id), data)
+        location = self.files.put(file_id, data)
         name = f"{row.id}_{kind}.jsonl"
-        return self.files.row(file_id, data, name, FILE_PURPOSE_BATCH_OUTPUT, row.owner)
+        return self.files.row(file_id, data, name, FILE_PURPOSE_BATCH_OUTPUT, row.owner, location)
 
 
 def _due(row: OpenAIBatch, now: Any) -> bool:

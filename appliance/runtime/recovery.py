@@ -18,9 +18,7 @@ Every change is a conditional write, so reconcilers on several workers can run a
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.openai.finish import BatchFinisher
@@ -116,23 +114,15 @@ class Reconciler:
         return resent
 
     def purge(self) -> int:
-        """Delete input files of jobs ended more than `retention_days` ago; returns how many
-        files. Only files under the uploads dir, never one a queued or running job needs."""
+        """Delete input files of jobs ended more than `retention_days` ago, from the local
+        uploads dir or the shared object store; returns how many files. Never one a queued or
+        running job needs, nor a file outside the uploads dir (a drop folder's)."""
         days = self.settings.queue.retention_days
         if not days:
             return 0
         ids, paths = self.store.purgeable(utcnow() - timedelta(days=days))
-        root = self.settings.uploads_dir.resolve()
-        removed = 0
-        for name in sorted(paths):
-            path = Path(name).resolve()
-            if not path.is_relative_to(root):
-                continue
-            try:
-                os.unlink(path)
-                removed += 1
-            except FileNotFoundError:
-                pass
+        blobs = self.backend.blobs
+        removed = sum(1 for location in sorted(paths) if blobs.delete(location))
         if ids:
             self.store.mark_purged(ids)
             log.info("retention: purged %d files of %d jobs", removed, len(ids))

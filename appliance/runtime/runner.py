@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.errors import Cancelled, IntakeError, SafetyBlocked, TransientError
@@ -30,6 +29,7 @@ from appliance.runtime.failures import error_code, is_oom, is_permanent, one_lin
 from appliance.runtime.watchdog import Watchdog
 from appliance.safety.verdicts import blocking, reason
 from appliance.schema import AnalysisResult, TaskRequest
+from appliance.storage import ChecksumMismatch, StorageUnavailable
 from appliance.store.tables import Job
 from appliance.vocab import (
     BLOCK,
@@ -74,6 +74,8 @@ class JobRunner:
         self.device = device
         self._pipeline = pipeline
         self._exit = exit_on_timeout
+        # Inputs fetched in a row while the object store was away: the next wait's backoff.
+        self._storage_waits = 0
         # Held for a whole run; the reconciler only heals this worker's jobs while it is free.
         self.lock = threading.Lock()
         self.current: list[str] = []
@@ -174,12 +176,19 @@ class JobRunner:
         for job in jobs:
             started = time.perf_counter()
             try:
-                data = Path(job.input_path).read_bytes()
+                data = self.backend.blobs.get(job.input_path, job.input_sha256)
+                self._storage_waits = 0
                 # A text-only chat's input file is its conversation, which the request already
                 # holds: it must be there like any input, but it is no image to decode.
                 pages = self.pipeline.load(data) if _request(job).has_image else []
             except FileNotFoundError:
                 self._fail(job, claim, f"input file is missing: {job.input_path}", "missing_input")
+                continue
+            except ChecksumMismatch as exc:
+                self._fail(job, claim, str(exc), "checksum")
+                continue
+            except StorageUnavailable as exc:  # a wait, not an attempt: the job stays queued
+                self._wait_for_storage(job, claim, exc)
                 continue
             except IntakeError as exc:
                 self._fail(job, claim, str(exc), "bad_input")
@@ -284,6 +293,17 @@ class JobRunner:
                 job.id, f"retrying: {reason}", claim=claim, delay_s=delay, run_alone=alone
             ):
                 self.backend.broker.send_job(job.id, job.priority, countdown=delay)
+
+    def _wait_for_storage(self, job: Job, claim: str, exc: BaseException) -> None:
+        """The store is away: give the job back (its attempt refunded) to be tried after a
+        backoff that grows with each wait, so an outage of any length fails nothing."""
+        q = self.settings.queue
+        self._storage_waits = min(self._storage_waits + 1, 10)
+        delay = min(q.retry_backoff_max_s, q.retry_backoff_s * 2 ** (self._storage_waits - 1))
+        log.warning("job %s: %s; trying again in %.1f s", job.id, one_line(exc), delay)
+        reason = f"waiting for storage: {one_line(exc)}"
+        if self.store.requeue(job.id, reason, claim=claim, delay_s=delay, refund_attempt=True):
+            self.backend.broker.send_job(job.id, job.priority, countdown=delay)
 
     def _timed_out(self, limit: float, jobs: list[Job], claim: str) -> None:
         try:

@@ -282,8 +282,10 @@ class JobTransitions(StoreSession):
         delay_s: float = 0.0,
         run_alone: bool = False,
         expect_worker: str | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
-        """running -> queued (attempts kept), to be sent again after `delay_s`."""
+        """running -> queued (attempts kept, or one given back with `refund_attempt`: the run
+        never started, e.g. its input could not be fetched), to be sent again after `delay_s`."""
         where = [Job.id == job_id, Job.state == RUNNING]
         if claim is not None:
             where.append(Job.claim == claim)
@@ -299,6 +301,8 @@ class JobTransitions(StoreSession):
         }
         if run_alone:
             values["run_alone"] = True
+        if refund_attempt:
+            values["attempts"] = Job.attempts - 1
         with self.write() as session:
             job = self._transition(session, where, **values)
             if job is not None:

@@ -56,6 +56,12 @@ class OpenAIRecords(StoreSession):
                 session.execute(delete(OpenAIFile).where(OpenAIFile.id == file_id))
             return row
 
+    def file_location_used(self, location: str) -> bool:
+        """Whether any file row still names these (content-addressed) bytes."""
+        with self.read() as session:
+            found = session.scalar(select(OpenAIFile.id).where(OpenAIFile.path == location))
+            return found is not None
+
     # -- batches ----------------------------------------------------------------------------
 
     def create_openai_batch(self, row: OpenAIBatch, label: str) -> OpenAIBatch:

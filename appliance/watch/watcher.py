@@ -169,6 +169,9 @@ class FolderWatcher:
                 idempotency_key=c.idempotency_key,
             )
         except ApplianceError as exc:
+            if exc.transient:  # the object store is away: a wait, never the file's fault
+                log.warning("submit of %s waits: %s; will retry", c.rel, exc)
+                return
             # The queue refused the file itself (type, size, pages): a final answer.
             self._finish(c, JobView(id="", state=FAILED, error=str(exc)))
             return

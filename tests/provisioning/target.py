@@ -345,12 +345,14 @@ def _container_init(nspawn_pid: int) -> int | None:
     return None
 
 
-def boot(name: str, root: Path, log: Path, timeout: float = 60) -> Booted:
-    """`systemd-nspawn -b` the root (private network) and wait until systemd is up."""
+def boot(name: str, root: Path, log: Path, timeout: float = 60, netns: str = "") -> Booted:
+    """`systemd-nspawn -b` the root (a private network, or the namespace at path `netns`) and
+    wait until systemd is up."""
+    network = f"--network-namespace-path={netns}" if netns else "--private-network"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             ["systemd-nspawn", "-b", "--register=no", "--keep-unit", f"--machine={name}",
-             "--private-network", "-D", str(root), "--console=pipe"],
+             network, "-D", str(root), "--console=pipe"],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -390,8 +392,8 @@ def wait_for(check, timeout: float, interval: float = 0.5, what: str = "conditio
 
 
 @contextlib.contextmanager
-def booted(name: str, root: Path, log: Path) -> Iterator[Booted]:
-    machine = boot(name, root, log)
+def booted(name: str, root: Path, log: Path, netns: str = "") -> Iterator[Booted]:
+    machine = boot(name, root, log, netns=netns)
     try:
         yield machine
     finally:

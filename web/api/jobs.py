@@ -268,7 +268,7 @@ class Image(MethodView):
         job = jobview.get_or_404(svc.jobs, job_id)
         if job.input_purged:
             raise Problem(410, f"the file of job {job_id} was removed by the retention policy")
-        data = svc.jobs.input_file(job_id).read_bytes()
+        data = svc.jobs.input_file(job_id)
         if not job.request.has_image:  # a text-only chat: its input file is the conversation
             if query["variant"] != "original":
                 raise Problem(404, f"job {job_id} is a text-only chat: it has no image")

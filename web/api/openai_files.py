@@ -6,6 +6,7 @@ files it uploaded and those its batches wrote; an admin token sees every file.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import marshmallow as ma
@@ -119,5 +120,7 @@ class FileContent(MethodView):
     @blp.response(200, description="The file's bytes (JSONL)")
     def get(self, file_id: str) -> Any:
         """The file's content."""
-        path = services().openai_files.content(file_id, visible_to())
-        return send_file(path, mimetype="application/jsonl", download_name=f"{file_id}.jsonl")
+        data = services().openai_files.content(file_id, visible_to())
+        return send_file(
+            io.BytesIO(data), mimetype="application/jsonl", download_name=f"{file_id}.jsonl"
+        )

@@ -63,6 +63,8 @@ class Readyz(MethodView):
             "database": _check(lambda: svc.jobs.queue_depth() and None),
             "workers": _check(_ready_workers),
         }
+        if svc.jobs.backend.blobs.shared:  # the object store the boxes share
+            checks["storage"] = _check(svc.jobs.backend.blobs.check)
         ok = all(v == "ok" for v in checks.values())
         return {"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503
 

@@ -23,7 +23,7 @@ _cache_lock = threading.Lock()
 
 
 def _read_input(job: Any) -> bytes:
-    return jobs_service().input_file(str(job.id)).read_bytes()
+    return jobs_service().input_file(str(job.id))
 
 
 def _previews(job: Any) -> list[bytes]:
