@@ -163,6 +163,12 @@ class VisionEngine:
             should_stop=params.should_stop,
         )
 
+    def inflight(
+        self, max_rows: int = 8, budget_bytes: int | None = None, static: bool = False
+    ) -> InflightBatch:
+        """A new, empty in-flight batch on this engine."""
+        return InflightBatch(self, max_rows=max_rows, budget_bytes=budget_bytes, static=static)
+
     def generate_rows(
         self,
         rows: list[RowRequest],
@@ -171,7 +177,7 @@ class VisionEngine:
     ) -> list[Generation]:
         """Rows of any sampling parameters through one in-flight batch, in input order; a row
         that fails raises its error (a cancel raises `Cancelled`)."""
-        batch = InflightBatch(self, max_rows=max_rows)
+        batch = self.inflight(max_rows)
         for i, row in enumerate(rows):
             row.key = i
             batch.add(row)
