@@ -87,16 +87,22 @@ class Pipeline:
         elapsed_ms = (time.perf_counter() - started) * 1000
         results = []
         for (_pages, req), page_results in zip(items, per_item, strict=True):
-            result = AnalysisResult(
-                task=req.task,
-                model=self.vision.name,
-                pages=page_results,
-                timings=_sum_timings(page_results) | {"wall_ms": elapsed_ms},
-            )
+            result = self.result_for(req, page_results, elapsed_ms)
             if req.summarize:
                 result.summary = self.summarize(result, req.language)
             results.append(result)
         return results
+
+    def result_for(
+        self, req: TaskRequest, pages: list[PageResult], wall_ms: float
+    ) -> AnalysisResult:
+        """One request's result from its pages' results."""
+        return AnalysisResult(
+            task=req.task,
+            model=self.vision.name,
+            pages=pages,
+            timings=_sum_timings(pages) | {"wall_ms": wall_ms},
+        )
 
     def analyze_bytes(self, data: bytes, req: TaskRequest) -> AnalysisResult:
         started = time.perf_counter()

@@ -165,7 +165,7 @@ class InflightBatch:
         now = time.monotonic()
         for i, row in enumerate(self.rows):
             row.timings["decode_ms"] += step_ms
-            row.rows_seen += len(self.rows)
+            row.rows_seen = max(row.rows_seen, len(self.rows))
             if self._take(row, logits[i]):
                 done.append(Finished(row.req.key, self._result(row)))
                 leaving.append(i)
@@ -399,7 +399,8 @@ class InflightBatch:
         timings = {
             **row.timings,
             "tokens_per_s": steps / decode_s if decode_s > 0 else 0.0,
-            "batch_size": row.rows_seen / steps if steps else 1.0,
+            # The most rows it shared a decode step with (1: it ran alone).
+            "batch_size": float(max(row.rows_seen, 1)),
         }
         logits = torch.stack(row.logits) if row.req.params.return_logits and row.logits else None
         return Generation(
