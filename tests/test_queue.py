@@ -294,6 +294,35 @@ def test_bad_input_fails_once_with_the_reason_and_keeps_the_file(
     assert messages(service, "bulk") == [messages(service, "bulk")[0]]  # no retry sent
 
 
+def test_in_flight_batch_takes_interactive_first_and_jobs_that_arrive_while_it_runs(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free rows go to interactive jobs before bulk ones, and a job queued while the batch
+    decodes joins it (any generation parameters) instead of waiting for the batch to end."""
+    service.settings.queue.batch_size = 2
+    long = TaskRequest(task="caption", max_new_tokens=40)
+    bulk = [service.submit(png_bytes(20 + i), f"b{i}.png", long, source="folder") for i in range(3)]
+    panel = [
+        service.submit(png_bytes(30 + i), f"p{i}.png", CAPTION, source="api") for i in range(2)
+    ]
+    real, steps, late = JobRunner._step, [0], []
+
+    def arrive_midway(self: JobRunner, batch: Any) -> Any:
+        steps[0] += 1
+        if steps[0] == 3:  # the batch is decoding: a new job with other parameters arrives
+            other = TaskRequest(task="caption", max_new_tokens=5, temperature=0.8, seed=3)
+            late.append(service.submit(png_bytes(40), "late.png", other, source="api"))
+        return real(self, batch)
+
+    monkeypatch.setattr(JobRunner, "_step", arrive_midway)
+    assert runner_for(service, pipeline).run_job(bulk[0].id) == "succeeded"
+    done = {j.id: service.get(j.id) for j in [*bulk, *panel, *late]}
+    assert all(j is not None and j.state == "succeeded" for j in done.values())
+    started = {i: j.started_at for i, j in done.items()}  # type: ignore[union-attr]
+    assert max(started[p.id] for p in panel) <= min(started[b.id] for b in bulk[1:])
+    assert done[late[0].id].timings["batch_size"] == 2  # type: ignore[union-attr,index]
+
+
 def test_transient_error_requeues_with_backoff_then_gives_up(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

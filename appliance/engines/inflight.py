@@ -230,6 +230,7 @@ class InflightBatch:
                 done.append(Finished(req.key, None, exc))
                 continue
             self._merge(row, k, v)
+            row.rows_seen = len(self.rows)
             if self._take(row, first_logits):
                 done.append(Finished(req.key, self._result(row)))
                 self._remove([len(self.rows) - 1])
@@ -399,7 +400,7 @@ class InflightBatch:
         timings = {
             **row.timings,
             "tokens_per_s": steps / decode_s if decode_s > 0 else 0.0,
-            # The most rows it shared a decode step with (1: it ran alone).
+            # The most rows it shared the batch with (1: it ran alone).
             "batch_size": float(max(row.rows_seen, 1)),
         }
         logits = torch.stack(row.logits) if row.req.params.return_logits and row.logits else None
