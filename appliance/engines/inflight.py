@@ -139,7 +139,7 @@ class InflightBatch:
     def free_rows(self) -> int:
         return max(0, self.max_rows - len(self.rows) - len(self.waiting))
 
-    def row_bytes(self, prompt_tokens: int, max_new_tokens: int, image: bool = True) -> int:
+    def row_bytes(self, prompt_tokens: int, max_new_tokens: int) -> int:
         """Memory a row holds at its longest: self-attention K/V for every position it may
         reach, plus its cross-attention K/V (text-only rows hold zeros of the same size)."""
         per_pos = 2 * self.kv_heads * self.head_dim * self.elem
@@ -271,7 +271,7 @@ class InflightBatch:
         generator = None
         if params.temperature and params.temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(params.seed if params.seed is not None else _fresh_seed())
+            generator.manual_seed(params.seed if params.seed is not None else generator.seed())
         row = _Row(
             req=req,
             length=prompt_len,
@@ -444,10 +444,6 @@ def _sample(scores: torch.Tensor, temperature: float, top_k: int, gen: torch.Gen
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=gen))
-
-
-def _fresh_seed() -> int:
-    return int(torch.randint(0, 2**31 - 1, (1,)))
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.engines.inflight import default_budget
 from appliance.engines.run import ItemRun
@@ -33,8 +34,29 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from appliance.engines.inflight import Finished, InflightBatch
-    from appliance.runtime.runner import JobRunner
     from appliance.store.tables import Job
+
+
+class LoopHost(Protocol):
+    """What the loop needs from its `JobRunner` (which imports this module: no import back)."""
+
+    settings: Any
+    store: Any
+    pipeline: Any
+    watchdog: Any
+    hostname: str
+    device: str
+
+    def set_current(self, ids: list[str], claim: str | None) -> None: ...
+    def take_stopped(self) -> set[str]: ...
+    def streamer(self, job: Job) -> Callable[[str], None] | None: ...
+    def _joining(self, job: Job) -> None: ...
+    def _step(self, batch: InflightBatch) -> list[Finished]: ...
+    def _fail(self, job: Job, claim: str, reason: str, code: str) -> None: ...
+    def _transient(self, jobs: list[Job], claim: str, exc: BaseException) -> None: ...
+    def _write(self, job: Job, claim: str, pages: list, intake_ms: float, result: Any,
+               run_ms: float, batch_size: int) -> str: ...  # fmt: skip
+
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +71,7 @@ class _Item:
 
 
 class JobLoop:
-    def __init__(self, runner: JobRunner, claim: str, primary: Job) -> None:
+    def __init__(self, runner: LoopHost, claim: str, primary: Job) -> None:
         self.runner = runner
         self.claim = claim
         self.primary = primary
@@ -239,7 +261,7 @@ def _free_gpu_memory(exc: BaseException) -> None:
             torch.cuda.empty_cache()
 
 
-def run_loop(runner: JobRunner, claim: str, primary: Job) -> Any:
+def run_loop(runner: LoopHost, claim: str, primary: Job) -> Any:
     """The loop on the model thread (see `engines.model_thread`)."""
     loop = JobLoop(runner, claim, primary)
     return runner.pipeline.thread.run(loop.run)
