@@ -218,9 +218,10 @@ def test_cli_submit_wait_and_jobs_commands(cluster: Cluster, tmp_path: Path) -> 
 
 
 def test_chaos_sigkill_every_job_succeeds_exactly_once(cluster: Cluster) -> None:
-    """SIGKILL the worker mid-job 5 times, alternating the Celery worker process (which the
-    supervisor restarts) and the whole `appliance worker` (which the test restarts, like
-    systemd would); plus a poison job that kills its worker on every attempt."""
+    """SIGKILL the worker 5 times during a full in-flight batch, alternating the Celery
+    worker process (which the supervisor restarts) and the whole `appliance worker` (which
+    the test restarts, like systemd would); plus a poison job that kills its worker on every
+    attempt."""
     hostname = f"gpu0@{HOST}"
     env = {"APPLIANCE_QUEUE__MAX_ATTEMPTS": "2", "APPLIANCE_QUEUE__BATCH_SIZE": "2"}
     env["APPLIANCE_TEST_SLOW_S"] = "0.6"
@@ -239,7 +240,8 @@ def test_chaos_sigkill_every_job_succeeds_exactly_once(cluster: Cluster) -> None
             for j in cluster.service.list(state="running").items
             if j.worker == hostname and j.started_at and j.started_at > row.started_at
         ]
-        if running and all(j.attempts == 1 and j.id != poison for j in running):
+        # A full in-flight batch (batch_size rows), of first attempts only.
+        if len(running) >= 2 and all(j.attempts == 1 and j.id != poison for j in running):
             return row, [j.id for j in running]
         return None
 

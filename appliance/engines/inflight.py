@@ -14,11 +14,9 @@ The loop calls `MllamaForConditionalGeneration.forward` itself instead of `gener
   `cache_position` (the model derives it from the cache, and the per-row cross mask then needs
   no text axis beyond the one token);
 - a row leaves at its end token, its own `max_new_tokens`, a cancel or its deadline: its index
-  is dropped from every cache tensor, and padding columns that no row needs any more are cut
-  (compaction), so the batch's length follows its longest live row.
+  is dropped from every cache tensor, and padding columns no row needs any more are cut.
 
-Each row samples on its own (greedy, or temperature with its own seeded `torch.Generator`), so
-rows of any parameters share the batch and give what they give alone.
+Each row samples on its own (greedy, or temperature with its own seeded `torch.Generator`).
 """
 
 from __future__ import annotations
@@ -121,11 +119,9 @@ class InflightBatch:
 
     def add(self, req: RowRequest) -> None:
         """Queue a row; interactive rows (lower `priority`) go ahead of bulk ones."""
-        at = next((i for i, w in enumerate(self.waiting) if w.priority > req.priority), None)
-        if at is None:
-            self.waiting.append(req)
-        else:
-            self.waiting.insert(at, req)
+        end = len(self.waiting)
+        at = next((i for i, w in enumerate(self.waiting) if w.priority > req.priority), end)
+        self.waiting.insert(at, req)
 
     def cancel(self, key: Any) -> None:
         """End the row (running or waiting) with `Cancelled` at the next step."""
@@ -159,6 +155,7 @@ class InflightBatch:
             return done
         t0 = time.perf_counter()
         logits = self._decode()
+        greedy = logits.float().argmax(-1).tolist()  # one device sync for the whole batch
         sync(self.device)
         step_ms = (time.perf_counter() - t0) * 1000
         leaving: list[int] = []
@@ -166,7 +163,7 @@ class InflightBatch:
         for i, row in enumerate(self.rows):
             row.timings["decode_ms"] += step_ms
             row.rows_seen = max(row.rows_seen, len(self.rows))
-            if self._take(row, logits[i]):
+            if self._take(row, logits[i], greedy[i]):
                 done.append(Finished(row.req.key, self._result(row)))
                 leaving.append(i)
             elif row.req.deadline is not None and now > row.req.deadline:
@@ -368,8 +365,9 @@ class InflightBatch:
             row.length += 1
         return out.logits[:, -1]
 
-    def _take(self, row: _Row, logits: torch.Tensor) -> bool:
-        """Pick the row's next token from its logits; True when the row ends with it."""
+    def _take(self, row: _Row, logits: torch.Tensor, greedy: int | None = None) -> bool:
+        """Pick the row's next token from its logits (`greedy`: their argmax, computed for
+        the whole batch at once); True when the row ends with it."""
         params = row.req.params
         scores = logits.float()
         if params.return_logits:
@@ -377,10 +375,11 @@ class InflightBatch:
         if len(row.tokens) < params.min_new_tokens:
             scores = scores.clone()
             scores[list(row.ends)] = float("-inf")
+            greedy = None
         if row.generator is not None:
             token = _sample(scores, params.temperature, self.engine.top_k, row.generator)
         else:
-            token = int(scores.argmax())
+            token = greedy if greedy is not None else int(scores.argmax())
         row.steps += 1
         if token in row.ends:
             row.finish = STOP  # type: ignore[attr-defined]
