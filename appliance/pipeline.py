@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -127,16 +128,22 @@ class Pipeline:
         elapsed_ms = (time.perf_counter() - started) * 1000
         results = []
         for (_pages, req), page_results in zip(items, per_item, strict=True):
-            result = AnalysisResult(
-                task=req.task,
-                model=self.vision.name,
-                pages=page_results,
-                timings=_sum_timings(page_results) | {"wall_ms": elapsed_ms},
-            )
+            result = self.result_for(req, page_results, elapsed_ms)
             if req.summarize:
                 result.summary = self.summarize(result, req.language)
             results.append(result)
         return results
+
+    def result_for(
+        self, req: TaskRequest, pages: list[PageResult], wall_ms: float
+    ) -> AnalysisResult:
+        """One request's result from its pages' results."""
+        return AnalysisResult(
+            task=req.task,
+            model=self.vision.name,
+            pages=pages,
+            timings=_sum_timings(pages) | {"wall_ms": wall_ms},
+        )
 
     def analyze_checked(
         self,
@@ -146,50 +153,72 @@ class Pipeline:
         """`analyze_many` with each item's safety policy (`req.safety`): the input check
         before analysis, the output check after it, as configured; a `block` item that a
         check stops comes back as `SafetyBlocked` in its place, its answer withheld."""
-        stage = self.safety
         checks: list[list[Check]] = [[] for _ in items]
-        guarded = [i for i, (_, req) in enumerate(items) if req.safety != OFF]
         stopped: dict[int, Check] = {}
-        if guarded and stage.checks_input:
-            asked = [(_rows(items[i]), _prompt(items[i][1])) for i in guarded]
-            self._note(items, guarded, self.thread.run(stage.check_input, asked), checks, stopped)
+
+        def note(i: int, check: Check | None) -> None:
+            if check is not None:
+                checks[i].append(check)
+                hit = self.blocks(check, items[i][1])
+                if hit is not None and i not in stopped:
+                    stopped[i] = hit
+
+        for i, check in enumerate(self.thread.run(self.input_checks, items)):
+            note(i, check)
         run = [i for i in range(len(items)) if i not in stopped]
         analysed = self.analyze_many([items[i] for i in run], should_stop)
+        got = self.thread.run(self.output_checks, [items[i] for i in run], analysed)
+        for i, check in zip(run, got, strict=True):
+            note(i, check)
         results = dict(zip(run, analysed, strict=True))
-        guarded = [i for i in guarded if i in results]
-        if guarded and stage.checks_output:
-            answered = [
-                (_rows(items[i]), _prompt(items[i][1]), [p.text for p in results[i].pages])
-                for i in guarded
-            ]
-            got = self.thread.run(stage.check_output, answered)
-            self._note(items, guarded, got, checks, stopped)
         out: list[AnalysisResult | SafetyBlocked] = []
         for i in range(len(items)):
             mine = [c.to_dict() for c in checks[i]]
             if i in stopped:
-                names = stage.categories
-                out.append(SafetyBlocked(reason(stopped[i], names), mine))
+                out.append(self.withheld(stopped[i], mine))
                 continue
             results[i].safety = mine
             self._check_summary(results[i], items[i][1])
             out.append(results[i])
         return out
 
-    def _note(
+    # The checks below run on the calling thread: the model thread's (the worker's in-flight
+    # loop calls them between decode steps, `analyze_checked` through `self.thread`).
+
+    def input_checks(
+        self, items: list[tuple[list[Image.Image], TaskRequest]]
+    ) -> list[Check | None]:
+        """The input check of each item whose policy asks for one (else None), in one batch."""
+        stage = self.safety
+        asked = [i for i, (_, req) in enumerate(items) if req.safety != OFF]
+        if not asked or not stage.checks_input:
+            return [None] * len(items)
+        got = stage.check_input([(_rows(items[i]), _prompt(items[i][1])) for i in asked])
+        return _spread(len(items), asked, got)
+
+    def output_checks(
         self,
         items: list[tuple[list[Image.Image], TaskRequest]],
-        guarded: list[int],
-        got: list[Check],
-        checks: list[list[Check]],
-        stopped: dict[int, Check],
-    ) -> None:
-        fail_mode = self.settings.safety.fail_mode
-        for i, check in zip(guarded, got, strict=True):
-            checks[i].append(check)
-            hit = blocking([check], items[i][1].safety, fail_mode)
-            if hit is not None and i not in stopped:
-                stopped[i] = hit
+        results: list[AnalysisResult],
+    ) -> list[Check | None]:
+        """The output check of each answered item whose policy asks for one (else None)."""
+        stage = self.safety
+        asked = [i for i, (_, req) in enumerate(items) if req.safety != OFF]
+        if not asked or not stage.checks_output:
+            return [None] * len(items)
+        answered = [
+            (_rows(items[i]), _prompt(items[i][1]), [p.text for p in results[i].pages])
+            for i in asked
+        ]
+        return _spread(len(items), asked, stage.check_output(answered))
+
+    def blocks(self, check: Check, req: TaskRequest) -> Check | None:
+        """The check itself when it stops a job under the job's policy, else None."""
+        return blocking([check], req.safety, self.settings.safety.fail_mode)
+
+    def withheld(self, hit: Check, checks: list[dict[str, Any]]) -> SafetyBlocked:
+        """A job's answer withheld by `hit`, with all its checks so far."""
+        return SafetyBlocked(reason(hit, self.safety.categories), checks)
 
     def _check_summary(self, result: AnalysisResult, req: TaskRequest) -> None:
         """The text guard on an in-process summary; a `block` hit withholds the summary."""
@@ -239,6 +268,13 @@ def _rows(item: tuple[list[Image.Image], TaskRequest]) -> list[Image.Image | Non
 
 def _prompt(req: TaskRequest) -> Prompt:
     return list(req.messages) if req.task == "chat" else build_prompt(req)
+
+
+def _spread(n: int, at: list[int], checks: list[Check]) -> list[Check | None]:
+    out: list[Check | None] = [None] * n
+    for i, check in zip(at, checks, strict=True):
+        out[i] = check
+    return out
 
 
 def _sum_timings(pages: list[PageResult]) -> dict[str, float]:

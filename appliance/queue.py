@@ -242,6 +242,24 @@ class Broker:
         except redis.RedisError as exc:
             log.debug("cancel notice failed: %s", exc)
 
+    def _partial_key(self, job_id: str) -> str:
+        return f"{self.settings.queue.events_channel}:partial:{job_id}"
+
+    def set_partial(self, job_id: str, text: str) -> None:
+        """A running job's text so far (streaming); best effort, gone after 10 minutes."""
+        try:
+            self.redis.set(self._partial_key(job_id), text, ex=600)
+        except redis.RedisError as exc:  # the stream then gets the whole text at the end
+            log.debug("partial text not stored: %s", exc)
+
+    def partial(self, job_id: str) -> str:
+        """The text a running job has produced so far ('' when none is known)."""
+        try:
+            value = self.redis.get(self._partial_key(job_id))
+        except redis.RedisError:
+            return ""
+        return value.decode() if isinstance(value, bytes) else (value or "")
+
     def publish(self, events: list[dict[str, Any]]) -> None:
         channel = self.settings.queue.events_channel
         try:

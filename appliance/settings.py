@@ -210,10 +210,17 @@ class Queue(BaseModel):
     max_attempts: int = 3
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 120.0
-    # Dynamic batching: up to batch_size compatible queued jobs in one generate_batch call,
-    # waiting at most batch_wait_ms for companions.
+    # Continuous batching: a worker's in-flight batch holds up to batch_size rows (pages or
+    # chats, any generation parameters); while rows are free it looks for queued jobs every
+    # batch_wait_ms. continuous=False emulates static batching (rows join only an empty
+    # batch), for benchmarks. A row joins only if the batch's KV and cross-attention memory
+    # stays within the budget: batch_memory_mb on a CPU, gpu_memory_fraction of the GPU
+    # memory free after the model loaded on a GPU.
     batch_size: int = 4
     batch_wait_ms: int = 50
+    continuous: bool = True
+    batch_memory_mb: int = Field(default=4096, ge=1)
+    gpu_memory_fraction: float = Field(default=0.8, gt=0, le=1)
     # Worker liveness: heartbeat period; a worker silent for stale_after_s is presumed dead
     # and its running jobs are re-queued by the reconciler (which runs every reconcile_s).
     heartbeat_s: float = 5.0

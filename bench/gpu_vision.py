@@ -1,4 +1,5 @@
-"""Vision throughput: prefill ms, decode tokens/s, images/s and peak memory per batch size.
+"""Vision throughput: prefill ms, decode tokens/s, images/s and peak memory per batch size,
+and static vs continuous batching on a mixed workload (tokens/s, rows/s, peak memory).
 
 On a CUDA box it builds the full Llama 3.2 11B Vision architecture with random bf16 weights
 straight on the GPU (no download: the figures depend on shapes, not on trained values) and runs
@@ -136,12 +137,58 @@ def measure(
         }
 
 
+def compare_batching(
+    engine: VisionEngine, size: tuple[int, int], rows: int = 16, max_rows: int = 8
+) -> dict[str, dict[str, float]]:
+    """Static vs continuous batching on one mixed workload, in-process on the in-flight batch:
+    short captions (16 tokens) and long OCR-like rows (128), a new row every 4 steps after a
+    backlog of `max_rows`. Tokens/s, rows/s and peak memory per mode."""
+    from appliance.engines.inflight import RowRequest
+
+    prompt = "Transcribe all text in this image."
+    out = {}
+    for mode in ("static", "continuous"):
+        plan = [16 if i % 3 else 128 for i in range(rows)]
+        batch = engine.inflight(max_rows, static=mode == "static")
+        if engine.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(engine.device)
+        pending = [
+            RowRequest(photo(i, size), prompt, GenParams(max_new_tokens=n, min_new_tokens=n), i)
+            for i, n in enumerate(plan)
+        ]
+        for req in pending[:max_rows]:
+            batch.add(req)
+        pending = pending[max_rows:]
+        tokens, step = 0, 0
+        start = time.perf_counter()
+        while batch.busy or pending:
+            if pending and step % 4 == 0:
+                batch.add(pending.pop(0))
+            for done in batch.step():
+                tokens += len(done.generation.token_ids) if done.generation else 0
+            step += 1
+        wall = time.perf_counter() - start
+        out[mode] = {
+            "tokens_per_s": round(tokens / wall, 1),
+            "rows_per_s": round(rows / wall, 3),
+            "peak_mem_gb": round(peak_mem_gb(engine.device), 3),
+        }
+        print(f"batching {mode}: {out[mode]}", flush=True)
+    out["continuous_speedup"] = {
+        "tokens_per_s": round(out["continuous"]["tokens_per_s"] / out["static"]["tokens_per_s"], 3)
+    }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default=None, help="default: bf16,int8,int4 (fp32,... on CPU)")
+    parser.add_argument(
+        "--batching-rows", type=int, default=16, help="rows of the static vs continuous run"
+    )
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     cuda = torch.cuda.is_available()
@@ -150,6 +197,7 @@ def main() -> None:
     modes = args.modes.split(",") if args.modes else [base, "int8", "int4"]
 
     results = []
+    batching: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tiny_dir = make_tiny(Path(tmp))[0]
         for mode in modes:
@@ -169,6 +217,8 @@ def main() -> None:
                     flush=True,
                 )
                 results.append(row)
+            if mode == modes[0] and args.batching_rows:  # unquantized: the comparison
+                batching = compare_batching(engine, size, args.batching_rows)
             del engine
             gc.collect()
             if cuda:
@@ -179,6 +229,7 @@ def main() -> None:
         "model": "llama-3.2-11b-vision-architecture (random bf16)" if cuda else VISION_NAME,
         "torch": torch.__version__,
         "results": results,
+        "batching": batching,
     }
     print(json.dumps(summary))
 

@@ -1,6 +1,6 @@
 """Loaded into test workers with `appliance worker --include tests.queue_hooks`.
 
-Wraps the model call so that tests can steer a job by its file name:
+Wraps a job's joining of the in-flight batch so that tests can steer a job by its file name:
 - `slow-*`: the run takes `APPLIANCE_TEST_SLOW_S` seconds longer (so a kill lands mid-job);
 - `poison-*`: the worker SIGKILLs itself while running it (a job that crashes CUDA every time).
 """
@@ -13,16 +13,16 @@ import time
 
 from appliance.runtime.runner import JobRunner
 
-_infer = JobRunner._infer
+_joining = JobRunner._joining
 
 
-def _steered_infer(self, jobs, items):  # type: ignore[no-untyped-def]
-    names = [job.filename for job in jobs]
-    if any(name.startswith("poison") for name in names):
+def _steered_joining(self, job):  # type: ignore[no-untyped-def]
+    # As the job joins the in-flight batch (claimed, running): the batch's other rows wait.
+    if job.filename.startswith("poison"):
         os.kill(os.getpid(), signal.SIGKILL)
-    if any(name.startswith("slow") for name in names):
+    if job.filename.startswith("slow"):
         time.sleep(float(os.environ.get("APPLIANCE_TEST_SLOW_S", "1.0")))
-    return _infer(self, jobs, items)
+    return _joining(self, job)
 
 
-JobRunner._infer = _steered_infer  # type: ignore[method-assign]
+JobRunner._joining = _steered_joining  # type: ignore[method-assign]

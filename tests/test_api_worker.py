@@ -216,6 +216,31 @@ def test_openai_text_only_chat_is_answered_and_cut_at_max_tokens(
         client.chat.completions.create(model="tiny-llama-summarizer", messages=messages)
 
 
+def test_openai_stream_sends_tokens_while_the_row_decodes(
+    stack: dict[str, Any], live_url: str
+) -> None:
+    """The stream is the row's own tokens as the worker decodes them, not the answer cut up
+    after the job ended: the first piece arrives while the job still runs."""
+    client = _openai(stack, live_url)
+    messages: Any = [{"role": "user", "content": "Tell me a long story about the sea."}]
+    answer = client.chat.completions.create(
+        model="tiny-mllama-vision", messages=messages, max_tokens=400
+    )
+    pieces: list[str] = []
+    states: list[str] = []
+    for chunk in client.chat.completions.create(
+        model="tiny-mllama-vision", messages=messages, max_tokens=400, stream=True
+    ):
+        content = chunk.choices[0].delta.content if chunk.choices else None
+        if content:
+            if not pieces:
+                states.append(_job_of(stack, chunk.id)["state"])
+            pieces.append(content)
+    assert states == ["running"]
+    assert len(pieces) > 2
+    assert "".join(pieces) == answer.choices[0].message.content  # greedy: the same reply
+
+
 def test_openai_follow_up_about_an_image_from_an_earlier_turn(
     stack: dict[str, Any], live_url: str
 ) -> None:

@@ -294,15 +294,44 @@ def test_bad_input_fails_once_with_the_reason_and_keeps_the_file(
     assert messages(service, "bulk") == [messages(service, "bulk")[0]]  # no retry sent
 
 
+def test_in_flight_batch_takes_interactive_first_and_jobs_that_arrive_while_it_runs(
+    service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free rows go to interactive jobs before bulk ones, and a job queued while the batch
+    decodes joins it (any generation parameters) instead of waiting for the batch to end."""
+    service.settings.queue.batch_size = 2
+    long = TaskRequest(task="caption", max_new_tokens=40)
+    bulk = [service.submit(png_bytes(20 + i), f"b{i}.png", long, source="folder") for i in range(3)]
+    panel = [
+        service.submit(png_bytes(30 + i), f"p{i}.png", CAPTION, source="api") for i in range(2)
+    ]
+    real, steps, late = JobRunner._step, [0], []
+
+    def arrive_midway(self: JobRunner, batch: Any) -> Any:
+        steps[0] += 1
+        if steps[0] == 3:  # the batch is decoding: a new job with other parameters arrives
+            other = TaskRequest(task="caption", max_new_tokens=5, temperature=0.8, seed=3)
+            late.append(service.submit(png_bytes(40), "late.png", other, source="api"))
+        return real(self, batch)
+
+    monkeypatch.setattr(JobRunner, "_step", arrive_midway)
+    assert runner_for(service, pipeline).run_job(bulk[0].id) == "succeeded"
+    done = {j.id: service.get(j.id) for j in [*bulk, *panel, *late]}
+    assert all(j is not None and j.state == "succeeded" for j in done.values())
+    started = {i: j.started_at for i, j in done.items()}  # type: ignore[union-attr]
+    assert max(started[p.id] for p in panel) <= min(started[b.id] for b in bulk[1:])
+    assert done[late[0].id].timings["batch_size"] == 2  # type: ignore[union-attr,index]
+
+
 def test_transient_error_requeues_with_backoff_then_gives_up(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service.settings.queue.max_attempts = 2
 
-    def flaky(self: JobRunner, jobs: Any, items: Any) -> Any:
+    def flaky(self: JobRunner, batch: Any) -> Any:
         raise ConnectionError("broker hiccup")
 
-    monkeypatch.setattr(JobRunner, "_infer", flaky)
+    monkeypatch.setattr(JobRunner, "_step", flaky)
     job = service.submit(png_bytes(3), "a.png", CAPTION, source="api")
     runner = runner_for(service, pipeline)
     assert runner.run_job(job.id) == "retrying"
@@ -322,13 +351,13 @@ def test_out_of_memory_retries_each_job_alone(
     class OutOfMemoryError(RuntimeError):  # the name torch.cuda's has
         pass
 
-    def oom(self: JobRunner, jobs: Any, items: Any) -> Any:
-        if len(jobs) > 1:
+    def oom(self: JobRunner, batch: Any) -> Any:
+        if len(self.current) > 1:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return JobRunner.__dict__["_real_infer"](self, jobs, items)
+        return JobRunner.__dict__["_real_step"](self, batch)
 
-    monkeypatch.setattr(JobRunner, "_real_infer", JobRunner._infer, raising=False)
-    monkeypatch.setattr(JobRunner, "_infer", oom)
+    monkeypatch.setattr(JobRunner, "_real_step", JobRunner._step, raising=False)
+    monkeypatch.setattr(JobRunner, "_step", oom)
     service.settings.queue.batch_size = 2
     jobs = [service.submit(png_bytes(i), f"{i}.png", CAPTION, source="api") for i in (6, 7)]
     runner = runner_for(service, pipeline)
@@ -368,13 +397,14 @@ def test_cancel_while_running_drops_the_result(
     service: JobService, pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = service.submit(png_bytes(4), "a.png", CAPTION, source="api")
-    real = JobRunner._infer
+    real = JobRunner._step
 
-    def cancel_midway(self: JobRunner, jobs: Any, items: Any) -> Any:
-        service.cancel(job.id)
-        return real(self, jobs, items)
+    def cancel_midway(self: JobRunner, batch: Any) -> Any:
+        if service.get(job.id).state == "running":  # type: ignore[union-attr]
+            service.cancel(job.id)
+        return real(self, batch)
 
-    monkeypatch.setattr(JobRunner, "_infer", cancel_midway)
+    monkeypatch.setattr(JobRunner, "_step", cancel_midway)
     assert runner_for(service, pipeline).run_job(job.id) == "dropped"
     final = service.get(job.id)
     assert final is not None and final.state == "cancelled" and final.result is None
@@ -385,17 +415,21 @@ def test_cancel_while_running_stops_the_generation(
 ) -> None:
     """What the worker's heartbeat thread does: it sees the cancel in the store and stops."""
     jobs = [service.submit(png_bytes(i), f"{i}.png", CAPTION, source="api") for i in (6, 7)]
-    real = JobRunner._infer
+    real = JobRunner._step
     checks: list[bool] = []
+    seen: set[tuple[str, ...]] = set()
 
-    def cancel_midway(self: JobRunner, run: Any, items: Any) -> Any:
-        checks.append(self.check_cancelled())  # nothing cancelled yet: keeps going
-        if run[0].id == jobs[0].id:
-            service.cancel(jobs[0].id)
-            checks.append(self.check_cancelled())
-        return real(self, run, items)
+    def cancel_midway(self: JobRunner, batch: Any) -> Any:
+        run = tuple(self.current)
+        if run and run not in seen:  # each run's first step
+            seen.add(run)
+            checks.append(self.check_cancelled())  # nothing cancelled yet: keeps going
+            if run == (jobs[0].id,):
+                service.cancel(jobs[0].id)
+                checks.append(self.check_cancelled())
+        return real(self, batch)
 
-    monkeypatch.setattr(JobRunner, "_infer", cancel_midway)
+    monkeypatch.setattr(JobRunner, "_step", cancel_midway)
     service.settings.queue.batch_size = 1
     runner = runner_for(service, pipeline)
     assert runner.run_job(jobs[0].id) == "cancelled"
@@ -419,15 +453,16 @@ def test_worker_heartbeat_stops_a_cancelled_generation(
         assert runner is not None
         runner._pipeline = pipeline
         job = service.submit(png_bytes(8), "a.png", CAPTION, source="api")
-        real = JobRunner._infer
+        real = JobRunner._step
         noticed: list[bool] = []
 
-        def cancel_and_wait(self: JobRunner, run: Any, items: Any) -> Any:
-            service.cancel(job.id)
-            noticed.append(self._stop.wait(10))  # set by the heartbeat thread, not by us
-            return real(self, run, items)
+        def cancel_and_wait(self: JobRunner, batch: Any) -> Any:
+            if not noticed:
+                service.cancel(job.id)
+                noticed.append(self._stop.wait(10))  # set by the heartbeat thread, not by us
+            return real(self, batch)
 
-        monkeypatch.setattr(JobRunner, "_infer", cancel_and_wait)
+        monkeypatch.setattr(JobRunner, "_step", cancel_and_wait)
         # The notice through Redis is lost: the heartbeat's store check must catch the cancel.
         monkeypatch.setattr(type(service.broker), "send_cancel", lambda *a: None)
         assert runner.run_job(job.id) == "cancelled"
@@ -446,15 +481,16 @@ def test_a_cancel_notice_stops_the_generation_without_waiting_for_a_heartbeat(
     listener.start()  # no heartbeat thread here: only the notice can stop the run
     assert listener.subscribed.is_set()
     job = service.submit(png_bytes(9), "a.png", CAPTION, source="api")
-    real = JobRunner._infer
+    real = JobRunner._step
     noticed: list[bool] = []
 
-    def cancel_and_wait(self: JobRunner, run: Any, items: Any) -> Any:
-        service.cancel(job.id)  # publishes the notice to the job's worker
-        noticed.append(self._stop.wait(10))
-        return real(self, run, items)
+    def cancel_and_wait(self: JobRunner, batch: Any) -> Any:
+        if not noticed:
+            service.cancel(job.id)  # publishes the notice to the job's worker
+            noticed.append(self._stop.wait(10))
+        return real(self, batch)
 
-    monkeypatch.setattr(JobRunner, "_infer", cancel_and_wait)
+    monkeypatch.setattr(JobRunner, "_step", cancel_and_wait)
     try:
         assert runner.run_job(job.id) == "cancelled"
     finally:
@@ -469,11 +505,11 @@ def test_hard_time_limit_fails_the_job_and_ends_the_worker(
     exited = threading.Event()
     stuck = threading.Event()
 
-    def hang(self: JobRunner, jobs: Any, items: Any) -> Any:
+    def hang(self: JobRunner, batch: Any) -> Any:
         stuck.wait(10)
         raise RuntimeError("unstuck")
 
-    monkeypatch.setattr(JobRunner, "_infer", hang)
+    monkeypatch.setattr(JobRunner, "_step", hang)
     job = service.submit(png_bytes(5), "a.png", CAPTION, source="api")
     runner = runner_for(service, pipeline, exit_on_timeout=lambda code: (exited.set(), stuck.set()))
     runner.run_job(job.id)

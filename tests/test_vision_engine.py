@@ -11,6 +11,7 @@ from PIL import Image
 from appliance.build.tiny import VISION_NAME
 from appliance.engines.common import Generation
 from appliance.engines.compare import divergence
+from appliance.engines.inflight import InflightBatch, RowRequest
 from appliance.engines.run import run_task, run_tasks
 from appliance.engines.vision import IMAGE_TOKEN, GenParams, VisionEngine
 from appliance.errors import ApplianceError, Cancelled, ExtractionFailed, ModelError
@@ -21,17 +22,23 @@ TIMING_KEYS = {"preprocess_ms", "prefill_ms", "decode_ms", "tokens_per_s"}
 
 
 class CountingEngine:
-    """Passes every batch to the real engine and records its prompts (calls are not faked)."""
+    """Gives out the real engine's in-flight batches and records the prompt of every row they
+    are given (calls are not faked)."""
 
     def __init__(self, engine: VisionEngine) -> None:
         self.engine = engine
-        self.calls: list[list[str]] = []
+        self.prompts: list[str] = []
 
-    def generate_batch(
-        self, images: list[Image.Image], prompts: list[str], params: GenParams
-    ) -> list[Generation]:
-        self.calls.append(list(prompts))
-        return self.engine.generate_batch(images, prompts, params)
+    def inflight(self, max_rows: int) -> InflightBatch:
+        batch = self.engine.inflight(max_rows)
+        add = batch.add
+
+        def counted(row: RowRequest) -> None:
+            self.prompts.append(str(row.prompt))
+            add(row)
+
+        batch.add = counted  # type: ignore[method-assign]
+        return batch
 
 
 def test_loads_through_the_production_loader(vision_engine: VisionEngine) -> None:
@@ -123,7 +130,8 @@ def test_run_task_returns_one_result_per_page(vision_engine: VisionEngine, make_
     assert [r.page for r in results] == [1, 2, 3]
     assert all(r.text and 0 < r.tokens <= 8 for r in results)
     assert all(set(r.timings) >= TIMING_KEYS for r in results)
-    assert [len(c) for c in counting.calls] == [2, 1]  # chunked by max_batch
+    assert len(counting.prompts) == 3
+    assert all(r.timings["batch_size"] <= 2 for r in results)  # never more rows than max_batch
 
 
 def test_extract_fails_clearly_after_exactly_one_repair(vision_engine, make_photo) -> None:
@@ -132,8 +140,8 @@ def test_extract_fails_clearly_after_exactly_one_repair(vision_engine, make_phot
     with pytest.raises(ExtractionFailed, match=r"^extract failed after 1 repair retry: ") as info:
         run_task(counting, [make_photo(seed=5)], req, Defaults())
     assert "\n" not in str(info.value)
-    assert len(counting.calls) == 2
-    assert "Your previous answer was" in counting.calls[1][0]
+    assert len(counting.prompts) == 2
+    assert "Your previous answer was" in counting.prompts[1]
 
 
 def test_run_tasks_batches_items_and_isolates_failures(vision_engine, make_photo) -> None:
@@ -144,7 +152,7 @@ def test_run_tasks_batches_items_and_isolates_failures(vision_engine, make_photo
         ([make_photo(seed=3)], TaskRequest(task="question", prompt="Why?", max_new_tokens=6)),
     ]
     out = run_tasks(counting, items, Defaults(), 8, errors="return")
-    assert [len(c) for c in counting.calls] == [4, 1]  # all pages at once, then one repair
+    assert len(counting.prompts) == 5  # all pages, then one repair row
     assert [len(r) for r in out if isinstance(r, list)] == [2, 1]
     assert isinstance(out[1], ApplianceError) and "classify failed" in str(out[1])
     with pytest.raises(ExtractionFailed):

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, overload
+from typing import Any, Literal, Protocol, overload
 
 from PIL import Image
 
 from appliance.engines.common import Generation, GenParams
-from appliance.errors import ApplianceError, ExtractionFailed
+from appliance.engines.inflight import InflightBatch, RowRequest
+from appliance.errors import ApplianceError, Cancelled, ExtractionFailed
 from appliance.presets import STRUCTURED_TASKS, build_prompt, parse_output, repair_prompt
 from appliance.schema import PageResult, Prompt, TaskRequest
 from appliance.settings import Generation as GenerationDefaults
@@ -19,9 +19,7 @@ DEFAULT_MAX_BATCH = 8
 
 
 class BatchEngine(Protocol):
-    def generate_batch(
-        self, images: list[Image.Image | None], prompts: list[Prompt], params: GenParams
-    ) -> list[Generation]: ...
+    def inflight(self, max_rows: int) -> InflightBatch: ...
 
 
 @dataclass
@@ -94,49 +92,96 @@ def run_tasks(
     errors: Literal["raise", "return"] = "raise",
     should_stop: Callable[[], bool] | None = None,
 ) -> list[list[PageResult]] | list[list[PageResult] | ApplianceError]:
-    """Many requests at once: every page goes through `generate_batch` in chunks of `max_batch`.
+    """Many requests at once: every page is a row of one in-flight batch of up to `max_batch`
+    rows (rows of any generation parameters share it; a row that ends frees its place).
 
-    A structured answer (classify, extract) that fails to parse gets one repair retry; if it
-    still fails, the item's ExtractionFailed is raised (`errors="raise"`), or put in that item's
-    place (`errors="return"`, for the queue: one bad item must not fail its batch mates).
-    `should_stop` ends the generation early with `Cancelled` (see GenParams).
+    A structured answer (classify, extract) that fails to parse gets one repair retry, a row
+    that joins the running batch; if it still fails, the item's ExtractionFailed is raised
+    (`errors="raise"`), or put in that item's place (`errors="return"`, for the queue: one bad
+    item must not fail its batch mates). `should_stop` ends the run early with `Cancelled`.
     """
-    pages = [
-        _Page(i, p, image, _prompt(req), params_for(req, defaults, should_stop))
-        for i, (images, req) in enumerate(items)
-        for p, image in enumerate(_inputs(images, req))
-    ]
-    _generate(engine, pages, max_batch)
-    retry = []
-    for page in pages:
-        _parse(page, items[page.item][1])
-        if page.error is not None and items[page.item][1].task in STRUCTURED_TASKS:
-            req = items[page.item][1]
-            assert page.gen is not None
-            page.prompt = repair_prompt(req, page.gen.text, page.error)
-            retry.append(page)
-    first_timings = {id(p): dict(p.gen.timings) for p in retry if p.gen}
-    _generate(engine, retry, max_batch)
-    for page in retry:
-        _parse(page, items[page.item][1])
-        assert page.gen is not None
-        page.gen.timings = _add(first_timings[id(page)], page.gen.timings)
-
+    runs = [ItemRun(images, req, defaults, should_stop) for images, req in items]
+    batch = engine.inflight(max_batch)
+    for run in runs:
+        for row in run.rows():
+            batch.add(row)
+    while batch.busy:
+        if should_stop is not None and should_stop():
+            batch.clear()
+            raise Cancelled("cancelled while it ran")
+        for done in batch.step():
+            if done.error is not None:
+                raise done.error
+            run, page = done.key
+            assert done.generation is not None
+            for row in run.finish(page, done.generation):
+                batch.add(row)
     out: list[list[PageResult] | ApplianceError] = []
-    for i, (_images, req) in enumerate(items):
-        mine = [p for p in pages if p.item == i]
-        failed = next((p for p in mine if p.error is not None), None)
-        if failed is not None:
-            where = f"page {failed.page + 1}: " if len(mine) > 1 else ""
-            error = ExtractionFailed(
-                f"{req.task} failed after {failed.attempts - 1} repair retry: {where}{failed.error}"
-            )
-            if errors == "raise":
-                raise error
-            out.append(error)
-            continue
-        out.append([_result(p) for p in mine])
+    for run in runs:
+        result = run.results()
+        if isinstance(result, ApplianceError) and errors == "raise":
+            raise result
+        out.append(result)
     return out
+
+
+class ItemRun:
+    """One request's pages as rows of an in-flight batch: its rows, its parsing and its one
+    repair retry. Keys its rows `(self, page index)`."""
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        req: TaskRequest,
+        defaults: GenerationDefaults,
+        should_stop: Callable[[], bool] | None = None,
+        **row_options: Any,
+    ) -> None:
+        self.req = req
+        self.row_options = row_options  # priority, deadline, on_text for RowRequest
+        self.pages = [
+            _Page(0, p, image, _prompt(req), params_for(req, defaults, should_stop))
+            for p, image in enumerate(_inputs(images, req))
+        ]
+        self._first_timings: dict[int, dict[str, float]] = {}
+        self.open = len(self.pages)
+
+    @property
+    def done(self) -> bool:
+        return self.open == 0
+
+    def rows(self) -> list[RowRequest]:
+        return [self._row(page) for page in self.pages]
+
+    def _row(self, page: _Page) -> RowRequest:
+        return RowRequest(
+            page.image, page.prompt, page.params, key=(self, page.page), **self.row_options
+        )
+
+    def finish(self, index: int, gen: Generation) -> list[RowRequest]:
+        """Take a page's generation; returns its repair row if it needs one."""
+        page = self.pages[index]
+        if page.attempts and index in self._first_timings:
+            gen.timings = _add(self._first_timings[index], gen.timings)
+        page.gen = gen
+        page.attempts += 1
+        _parse(page, self.req)
+        if page.error is not None and self.req.task in STRUCTURED_TASKS and page.attempts == 1:
+            self._first_timings[index] = dict(gen.timings)
+            page.prompt = repair_prompt(self.req, gen.text, page.error)
+            return [self._row(page)]
+        self.open -= 1
+        return []
+
+    def results(self) -> list[PageResult] | ApplianceError:
+        failed = next((p for p in self.pages if p.error is not None), None)
+        if failed is not None:
+            where = f"page {failed.page + 1}: " if len(self.pages) > 1 else ""
+            return ExtractionFailed(
+                f"{self.req.task} failed after {failed.attempts - 1} repair retry: "
+                f"{where}{failed.error}"
+            )
+        return [_result(p) for p in self.pages]
 
 
 def _prompt(req: TaskRequest) -> Prompt:
@@ -147,23 +192,6 @@ def _prompt(req: TaskRequest) -> Prompt:
 def _inputs(images: list[Image.Image], req: TaskRequest) -> list[Image.Image | None]:
     """One row per page; a text-only chat has no page and is one row without an image."""
     return list(images) if req.has_image else [None]
-
-
-def _generate(engine: BatchEngine, pages: list[_Page], max_batch: int) -> None:
-    # Only rows with equal generation parameters can share one padded `generate` call.
-    groups: dict[tuple, list[_Page]] = defaultdict(list)
-    for page in pages:
-        p = page.params
-        groups[(p.max_new_tokens, p.temperature, p.seed)].append(page)
-    for group in groups.values():
-        for start in range(0, len(group), max(1, max_batch)):
-            chunk = group[start : start + max_batch]
-            gens = engine.generate_batch(
-                [p.image for p in chunk], [p.prompt for p in chunk], chunk[0].params
-            )
-            for page, gen in zip(chunk, gens, strict=True):
-                page.gen = gen
-                page.attempts += 1
 
 
 def _parse(page: _Page, req: TaskRequest) -> None:

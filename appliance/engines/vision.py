@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,17 +12,12 @@ from PIL import Image
 from appliance.engines.common import (
     Generation,
     GenParams,
-    PrefillClock,
-    end_of_row,
-    greedy_kwargs,
     pad_left,
     resolve_device,
     resolve_dtype,
-    seed_all,
-    sync,
-    timings,
 )
-from appliance.errors import Cancelled, InvalidRequest, ModelError
+from appliance.engines.inflight import InflightBatch, RowRequest
+from appliance.errors import InvalidRequest, ModelError
 from appliance.registry import MANIFEST, load_local, read_manifest
 from appliance.schema import ChatTurn, Prompt
 
@@ -127,103 +121,73 @@ class VisionEngine:
             )
         return text
 
-    def generate_batch(
-        self, images: list[Image.Image | None], prompts: list[Prompt], params: GenParams
-    ) -> list[Generation]:
-        """One padded `generate` call for all rows; results are in input order. A row whose
-        image is None is text only (Mllama then skips its cross-attention layers)."""
-        if len(images) != len(prompts):
-            raise InvalidRequest(f"{len(images)} images but {len(prompts)} prompts")
-        if not images:
-            return []
-        text_only = [i for i, image in enumerate(images) if image is None]
-        if text_only and len(text_only) < len(images):
-            # The processor refuses a batch where some rows have an image and others none.
-            return self._split(images, prompts, params, text_only)
-        t0 = time.perf_counter()
-        texts = [self.build_text(p, image=not text_only) for p in prompts]
-        rgb = [
-            [img if img.mode == "RGB" else img.convert("RGB")] for img in images if img is not None
-        ]
+    @property
+    def end_ids(self) -> set[int]:
+        """The tokens that end a row (end of turn, end of text)."""
+        return set(self._eos)
+
+    @property
+    def top_k(self) -> int:
+        # Sampling keeps the checkpoint's top-k, as `generate` did (50 when it names none).
+        return int(getattr(self.model.generation_config, "top_k", None) or 0)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def row_inputs(self, image: Image.Image | None, prompt: Prompt) -> dict[str, torch.Tensor]:
+        """The processor's tensors for one row (batch of one), on the engine's device."""
+        text = self.build_text(prompt, image=image is not None)
+        rgb = None if image is None else [[image if image.mode == "RGB" else image.convert("RGB")]]
         inputs = self.processor(
-            images=rgb or None,
-            text=texts,
+            images=rgb,
+            text=[text],
             add_special_tokens=False,  # the chat template already starts with BOS
-            padding=True,
             return_tensors="pt",
         ).to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        sync(self.device)
-        t1 = time.perf_counter()
+        return dict(inputs)
 
-        clock = PrefillClock(self.device)
-        seed_all(params.seed)
-        stopping = None
-        if params.should_stop is not None:
-            from transformers import StoppingCriteriaList
-
-            stopping = StoppingCriteriaList([_StopWhen(params.should_stop)])
-        ends = self._eos | set(params.stop_token_ids)
-        extra: dict[str, Any] = {"eos_token_id": sorted(ends)} if params.stop_token_ids else {}
-        with torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                max_new_tokens=params.max_new_tokens,
-                min_new_tokens=params.min_new_tokens or None,
-                logits_processor=[clock],
-                stopping_criteria=stopping,
-                return_dict_in_generate=True,
-                output_logits=params.return_logits,
-                **greedy_kwargs(params),
-                **extra,
-            )
-        sync(self.device)
-        t2 = time.perf_counter()
-        if params.should_stop is not None and params.should_stop():
-            raise Cancelled("cancelled while it ran")
-
-        prompt_len = inputs["input_ids"].shape[1]
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        new = out.sequences[:, prompt_len:].tolist()
-        stamp = timings(t1 - t0, t1, clock, t2, len(images))
-        results = []
-        for row, row_ids in enumerate(new):
-            ids, finish = end_of_row(row_ids, ends)
-            logits = None
-            if params.return_logits and out.logits:
-                steps = min(len(ids) + 1, len(out.logits))
-                logits = torch.stack([out.logits[s][row] for s in range(steps)]).float().cpu()
-            text = self.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
-            results.append(
-                Generation(
-                    text=text,
-                    token_ids=ids,
-                    timings=dict(stamp),
-                    logits=logits,
-                    finish_reason=finish,
-                    prompt_tokens=int(prompt_tokens[row]),
-                )
-            )
-        return results
-
-    def _split(
-        self,
-        images: list[Image.Image | None],
-        prompts: list[Prompt],
-        params: GenParams,
-        text_only: list[int],
+    def generate_batch(
+        self, images: list[Image.Image | None], prompts: list[Prompt], params: GenParams
     ) -> list[Generation]:
-        """Rows with images and text-only rows as two `generate` calls, in input order."""
-        rest = set(range(len(images))) - set(text_only)
-        groups = [text_only, sorted(rest)]
-        done: dict[int, Generation] = {}
-        for rows in groups:
-            gens = self.generate_batch(
-                [images[i] for i in rows], [prompts[i] for i in rows], params
-            )
-            done.update(zip(rows, gens, strict=True))
-        return [done[i] for i in range(len(images))]
+        """All rows through one in-flight batch (see `engines.inflight`); results in input
+        order. A row whose image is None is text only."""
+        if len(images) != len(prompts):
+            raise InvalidRequest(f"{len(images)} images but {len(prompts)} prompts")
+        return self.generate_rows(
+            [
+                RowRequest(image, prompt, params)
+                for image, prompt in zip(images, prompts, strict=True)
+            ],
+            should_stop=params.should_stop,
+        )
+
+    def inflight(
+        self, max_rows: int = 8, budget_bytes: int | None = None, static: bool = False
+    ) -> InflightBatch:
+        """A new, empty in-flight batch on this engine."""
+        return InflightBatch(self, max_rows=max_rows, budget_bytes=budget_bytes, static=static)
+
+    def generate_rows(
+        self,
+        rows: list[RowRequest],
+        max_rows: int = 8,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Generation]:
+        """Rows of any sampling parameters through one in-flight batch, in input order; a row
+        that fails raises its error (a cancel raises `Cancelled`)."""
+        batch = self.inflight(max_rows)
+        for i, row in enumerate(rows):
+            row.key = i
+            batch.add(row)
+        done = {f.key: f for f in batch.run_all(should_stop)}
+        out = []
+        for i in range(len(rows)):
+            if done[i].error is not None:
+                raise done[i].error
+            out.append(done[i].generation)
+        return out
 
 
 def _template_messages(prompt: Prompt, image: bool) -> list[dict[str, Any]]:
@@ -246,15 +210,3 @@ def _template_messages(prompt: Prompt, image: bool) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = [{"type": "image"}] if image and turn.image else []
         messages.append({"role": turn.role, "content": [*parts, {"type": "text", "text": text}]})
     return messages
-
-
-class _StopWhen:
-    """A `generate` stopping criterion: every row stops once `should_stop()` says so."""
-
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
-        return torch.full(
-            (input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device
-        )

@@ -2,16 +2,21 @@
 
 1. Claim the job in the store (queued -> running, attempt counted, fresh claim token). A job
    that is not queued (done, cancelled, or a duplicate message) is skipped.
-2. Dynamic batching: claim up to `batch_size - 1` more first-attempt queued jobs with the same
-   generation parameters, waiting at most `batch_wait_ms`, and run all of them through one
-   `Pipeline.analyze_many` (their own messages later find them done and are skipped).
-3. Write each result only if the claim is still ours (a cancel or a takeover voids it).
-4. Summaries are chained: a `summarize_job` message on the text queue per job that asks.
+2. Continuous batching: the job starts the worker's in-flight batch, which claims more queued
+   first-attempt jobs (any generation parameters, interactive first) while it has free rows;
+   their own messages later find them done and are skipped (`runtime.batchloop`).
+   Inputs are read through blob storage, their sha256 checked; the safety stage (input check
+   before a job's rows join, output check after its last row ends) runs between decode steps.
+3. Write each result as its last row ends, only if the claim is still ours (a cancel or a
+   takeover voids it); a job the safety stage stops under policy `block` ends BLOCKED instead.
+4. Summaries are chained: a `summarize_job` message on the text queue per job that asks (the
+   text guard judges it, and batch digests, when the job's policy asks).
 
-Bad input fails the job at once with the reason (the file stays); transient errors re-queue it
+Bad input (or a checksum mismatch) fails the job at once with the reason (the file stays);
+object storage away is a wait, not an attempt; transient errors re-queue it
 with exponential backoff; after `max_attempts` the job fails with the last reason. A run that
-outlives its hard time limit fails its jobs and ends the worker process (the supervisor starts
-a fresh one): a stuck GPU call cannot be interrupted any other way.
+outlives its hard time limit fails; a decode step that does ends the worker process (the
+supervisor starts a fresh one): a stuck GPU call cannot be interrupted any other way.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import Cancelled, IntakeError, SafetyBlocked, TransientError
-from appliance.runtime.failures import error_code, is_oom, is_permanent, one_line
+from appliance.errors import IntakeError, SafetyBlocked, TransientError
+from appliance.runtime.failures import is_oom, is_permanent, one_line
 from appliance.runtime.watchdog import Watchdog
 from appliance.safety.verdicts import blocking, reason
 from appliance.schema import AnalysisResult, TaskRequest
@@ -34,10 +39,10 @@ from appliance.store.tables import Job
 from appliance.vocab import (
     BLOCK,
     BLOCKED,
-    CANCELLED,
     DIGEST,
     FAILED,
     FLAG,
+    INTERACTIVE,
     OFF,
     PENDING,
     RUNNING,
@@ -48,6 +53,7 @@ from appliance.vocab import (
 if TYPE_CHECKING:
     from PIL import Image
 
+    from appliance.engines.inflight import Finished, InflightBatch
     from appliance.jobs.backend import JobBackend
     from appliance.pipeline import Pipeline
 
@@ -87,7 +93,8 @@ class JobRunner:
         # every step. `_guard` ties both to one run's claim: a late check never stops the next.
         self._guard = threading.Lock()
         self._run_claim: str | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # set when a job of the run was stopped
+        self._stopped: set[str] = set()
         self.jobs_done = 0
         self.boot = ""  # set when the worker registers (see appliance.runtime.recovery)
 
@@ -111,7 +118,9 @@ class JobRunner:
     # -- jobs -------------------------------------------------------------------------------
 
     def run_job(self, job_id: str) -> str:
-        """Handle one `run_job` message. Returns a one-word outcome for the log."""
+        """Handle one `run_job` message: its job starts (or is) the worker's in-flight batch,
+        which takes more queued jobs while it has free rows (`runtime.batchloop`). Returns a
+        one-word outcome for the log."""
         with self.lock:
             claim = uuid.uuid4().hex
             primary = self.store.claim(
@@ -119,158 +128,143 @@ class JobRunner:
             )
             if primary is None:
                 return "skipped"
-            jobs = [primary]
-            q = self.settings.queue
-            if q.batch_size > 1 and not primary.run_alone and primary.attempts == 1:
-                jobs += self._companions(primary, claim)
             with self._guard:
-                self.current = [j.id for j in jobs]
-                self._run_claim = claim
                 self._stop.clear()
-            self.changed.set()
-            self.watchdog.arm(q.time_limit_s * len(jobs), jobs, claim)
+                self._stopped.clear()
+            self.set_current([primary.id], claim)
+            from appliance.runtime.batchloop import run_loop  # torch: only in workers
+
             try:
-                return self._execute(jobs, claim)
+                return run_loop(self, claim, primary)
             finally:
                 self.watchdog.disarm()
-                with self._guard:
-                    self.current, self._run_claim = [], None
-                self.changed.set()
+                self.set_current([], None)
+
+    def set_current(self, ids: list[str], claim: str | None) -> None:
+        """The jobs in the batch now (the heartbeat reports them, cancels are checked on them)."""
+        with self._guard:
+            self.current, self._run_claim = list(ids), claim
+        self.changed.set()
+
+    def take_stopped(self) -> set[str]:
+        """The running jobs found cancelled (or taken over) since the last call."""
+        with self._guard:
+            stopped, self._stopped = self._stopped, set()
+            return stopped
 
     def check_cancelled(self) -> bool:
-        """Stop the running generation when none of its jobs is still ours to finish
-        (cancelled, or taken over). Called from the worker's heartbeat and cancel-listener
-        threads; True if it stopped."""
+        """Stop the rows of the running jobs that are no longer ours to finish (cancelled, or
+        taken over). Called from the worker's heartbeat and cancel-listener threads; True if
+        it stopped one."""
         with self._guard:
             claim, ids = self._run_claim, list(self.current)
-        if claim is None or self._stop.is_set():
+        if claim is None or not ids:
             return False
-        if any(j.state == RUNNING and j.claim == claim for j in self.store.get_many(ids)):
-            return False
+        ours = {j.id for j in self.store.get_many(ids) if j.state == RUNNING and j.claim == claim}
+        gone = [i for i in ids if i not in ours]
         with self._guard:
             if self._run_claim != claim:
                 return False
+            gone = [i for i in gone if i in self.current and i not in self._stopped]
+            if not gone:
+                return False
+            self._stopped.update(gone)
             self._stop.set()
-        log.info("stopping the generation of %s: cancelled", ", ".join(ids))
+        log.info("stopping the generation of %s: cancelled", ", ".join(gone))
         return True
 
-    def _companions(self, primary: Job, claim: str) -> list[Job]:
-        q = self.settings.queue
-        deadline = time.monotonic() + q.batch_wait_ms / 1000
-        found: list[Job] = []
-        while True:
-            found += self.store.claim_companions(
-                primary,
-                q.batch_size - 1 - len(found),
-                worker=self.hostname,
-                device=self.device,
-                claim=claim,
-            )
-            left = deadline - time.monotonic()
-            if len(found) >= q.batch_size - 1 or left <= 0:
-                return found
-            time.sleep(min(0.01, left))
+    def streamer(self, job: Job) -> Callable[[str], None] | None:
+        """Where a job's rows report their text as it grows: interactive chats only (the
+        OpenAI streaming endpoint reads it back), at most every 50 ms."""
+        if job.priority != INTERACTIVE or job.params.get("task") != "chat":
+            return None
+        broker, last = self.backend.broker, [0.0]
 
-    def _execute(self, jobs: list[Job], claim: str) -> str:
-        loaded: list[tuple[Job, list[Image.Image], float]] = []
-        for job in jobs:
-            started = time.perf_counter()
-            try:
-                data = self.backend.blobs.get(job.input_path, job.input_sha256)
-                self._storage_waits = 0
-                # A text-only chat's input file is its conversation, which the request already
-                # holds: it must be there like any input, but it is no image to decode.
-                pages = self.pipeline.load(data) if _request(job).has_image else []
-            except FileNotFoundError:
-                self._fail(job, claim, f"input file is missing: {job.input_path}", "missing_input")
-                continue
-            except ChecksumMismatch as exc:
-                self._fail(job, claim, str(exc), "checksum")
-                continue
-            except StorageUnavailable as exc:  # a wait, not an attempt: the job stays queued
-                self._wait_for_storage(job, claim, exc)
-                continue
-            except IntakeError as exc:
-                self._fail(job, claim, str(exc), "bad_input")
-                continue
-            except Exception as exc:  # e.g. EIO on a network share: try again later
-                self._transient([job], claim, exc)
-                continue
-            loaded.append((job, pages, (time.perf_counter() - started) * 1000))
-        if not loaded:
-            return FAILED
-        return self._infer_and_write(loaded, claim)
+        def report(text: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.05:
+                last[0] = now
+                broker.set_partial(job.id, text)
 
-    def _infer_and_write(
-        self, loaded: list[tuple[Job, list[Image.Image], float]], claim: str
-    ) -> str:
-        jobs = [job for job, _, _ in loaded]
-        items = [
-            (pages, _request(job).model_copy(update={"summarize": False}))
-            for job, pages, _ in loaded
-        ]
-        started = time.perf_counter()
+        return report
+
+    def _joining(self, job: Job) -> None:
+        """A job joins the batch (a seam for the chaos tests)."""
+
+    def _step(self, batch: InflightBatch) -> list[Finished]:
+        """One step of the batch: the model call (a seam for the tests)."""
+        return batch.step()
+
+    def _load_input(self, job: Job, claim: str, req: TaskRequest) -> list[Image.Image] | str:
+        """A joining job's pages, read through blob storage (sha256 checked); or, when it
+        cannot join, the outcome after it was failed, re-queued or given back to wait."""
         try:
-            results = self._infer(jobs, items)
-        except Cancelled:
-            return CANCELLED  # the store already says so; nothing to write
-        except Exception as exc:
-            if is_oom(exc) or not is_permanent(exc):
-                self._transient(jobs, claim, exc)
-                return "retrying"
-            if len(loaded) > 1:  # find the culprit: the others must not fail with it
-                outcomes = [self._infer_and_write([one], claim) for one in loaded]
-                return SUCCEEDED if SUCCEEDED in outcomes else outcomes[0]
-            self._fail(jobs[0], claim, str(exc) or type(exc).__name__, error_code(exc))
-            return FAILED
-        run_ms = (time.perf_counter() - started) * 1000
-        written = 0
-        for (job, pages, intake_ms), result in zip(loaded, results, strict=True):
-            if isinstance(result, SafetyBlocked):
-                written += self._block(job, claim, result, len(pages))
-                continue
-            timings: dict[str, Any] = dict(result.timings)
-            timings.update(
-                intake_ms=intake_ms,
-                run_ms=run_ms,
-                queue_ms=_ms_between(job.created_at, job.started_at),
-                batch_size=len(loaded),
-            )
-            wants_summary = bool(job.params.get("summarize"))
-            ok = self.store.succeed(
-                job.id,
-                claim,
-                result=result.model_dump(mode="json"),
-                text=result.text,
-                timings=timings,
-                pages=len(pages),
-                summary_state=PENDING if wants_summary else None,
-                safety=result.safety,
-            )
-            if not ok:
-                log.info("job %s: result dropped (cancelled or taken over)", job.id)
-                continue
-            written += 1
-            if wants_summary:
-                self.backend.broker.send_summary(job.id)
-            self.backend.job_ended(job.batch_id)
-        self.jobs_done += written
-        return SUCCEEDED if written else "dropped"
+            self._joining(job)
+            data = self.backend.blobs.get(job.input_path, job.input_sha256)
+            self._storage_waits = 0
+            # A text-only chat's input file is its conversation, which the request already
+            # holds: it must be there like any input, but it is no image to decode.
+            return self.pipeline.load(data) if req.has_image else []
+        except FileNotFoundError:
+            self._fail(job, claim, f"input file is missing: {job.input_path}", "missing_input")
+        except ChecksumMismatch as exc:
+            self._fail(job, claim, str(exc), "checksum")
+        except StorageUnavailable as exc:  # a wait, not an attempt: the job stays queued
+            self._wait_for_storage(job, claim, exc)
+            return "waiting"
+        except IntakeError as exc:
+            self._fail(job, claim, str(exc), "bad_input")
+        except Exception as exc:  # e.g. EIO on a network share: try again later
+            self._transient([job], claim, exc)
+            return "retrying"
+        return FAILED
 
-    def _infer(
-        self, jobs: list[Job], items: list[tuple[list[Image.Image], TaskRequest]]
-    ) -> list[AnalysisResult | SafetyBlocked]:
-        """The model call (one padded batch for all items, each with its safety policy's
-        checks); a seam for the chaos tests."""
-        return self.pipeline.analyze_checked(items, should_stop=self._stop.is_set)
+    def _write(
+        self,
+        job: Job,
+        claim: str,
+        pages: list[Image.Image],
+        intake_ms: float,
+        result: AnalysisResult,
+        run_ms: float,
+        batch_size: int,
+    ) -> str:
+        """Write a job's result if the claim is still ours; chain its summary."""
+        timings: dict[str, Any] = dict(result.timings)
+        timings.update(
+            intake_ms=intake_ms,
+            run_ms=run_ms,
+            queue_ms=_ms_between(job.created_at, job.started_at),
+            batch_size=batch_size,
+        )
+        wants_summary = bool(job.params.get("summarize"))
+        ok = self.store.succeed(
+            job.id,
+            claim,
+            result=result.model_dump(mode="json"),
+            text=result.text,
+            timings=timings,
+            pages=len(pages),
+            summary_state=PENDING if wants_summary else None,
+            safety=result.safety,
+        )
+        if not ok:
+            log.info("job %s: result dropped (cancelled or taken over)", job.id)
+            return "dropped"
+        if wants_summary:
+            self.backend.broker.send_summary(job.id)
+        self.backend.job_ended(job.batch_id)
+        self.jobs_done += 1
+        return SUCCEEDED
 
-    def _block(self, job: Job, claim: str, blocked: SafetyBlocked, pages: int) -> int:
+    def _block(self, job: Job, claim: str, blocked: SafetyBlocked, pages: int) -> str:
         """The safety stage withheld this job: it ends BLOCKED (never retried), file kept."""
         log.warning("job %s blocked: %s", job.id, blocked)
         if not self.store.block(job.id, str(blocked), claim, blocked.checks, pages):
-            return 0
+            return "dropped"
         self.backend.job_ended(job.batch_id)
-        return 1
+        self.jobs_done += 1
+        return BLOCKED
 
     def _fail(self, job: Job, claim: str, reason: str, code: str) -> None:
         log.warning("job %s failed (%s): %s", job.id, code, reason)

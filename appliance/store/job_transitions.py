@@ -150,23 +150,33 @@ class JobTransitions(StoreSession):
         return job
 
     def claim_companions(
-        self, primary: Job, limit: int, *, worker: str, device: str, claim: str
+        self,
+        primary: Job,
+        limit: int,
+        *,
+        worker: str,
+        device: str,
+        claim: str,
+        same_params: bool = True,
     ) -> list[Job]:
-        """Up to `limit` more first-attempt queued jobs with the same generation parameters."""
+        """Up to `limit` more first-attempt queued jobs, interactive ones first; with
+        `same_params`, only those with the primary's generation parameters."""
         if limit <= 0:
             return []
         now = utcnow()
+        where = [
+            Job.state == QUEUED,
+            Job.attempts == 0,
+            Job.run_alone.is_(False),
+            Job.id != primary.id,
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        ]
+        if same_params:
+            where.append(Job.compat_key == primary.compat_key)
         with self.read() as session:  # a cheap look first: most polls find nothing
             ids = session.scalars(
                 select(Job.id)
-                .where(
-                    Job.state == QUEUED,
-                    Job.compat_key == primary.compat_key,
-                    Job.attempts == 0,
-                    Job.run_alone.is_(False),
-                    Job.id != primary.id,
-                    or_(Job.not_before.is_(None), Job.not_before <= now),
-                )
+                .where(*where)
                 .order_by(case((Job.priority == INTERACTIVE, 0), else_=1), Job.created_at)
                 .limit(limit)
             ).all()

@@ -173,6 +173,21 @@ def _check_succeeded(jobs: list[Any]) -> None:
             )
 
 
+def _grown(svc: Any, job_id: str, deadline: float, sent: str) -> Iterator[str]:
+    """The pieces the running job's text grew by, polled until it ends (or ~a keep-alive)."""
+    until = min(deadline, time.monotonic() + _KEEPALIVE_SECONDS)
+    while time.monotonic() < until:
+        text = svc.jobs.broker.partial(job_id)
+        # A token cut inside a UTF-8 character decodes to U+FFFD: wait for the rest of it.
+        if len(text) > len(sent) and text.startswith(sent) and not text.endswith("\ufffd"):
+            yield text[len(sent) :]
+            sent = text
+        job = svc.jobs.get(job_id)
+        if job is None or job.done:
+            return
+        time.sleep(0.05)
+
+
 def _stream(
     svc: Any,
     job_ids: list[str],
@@ -191,7 +206,12 @@ def _stream(
 
     yield delta({"role": "assistant", "content": ""})
     deadline = time.monotonic() + timeout
+    sent = ""  # the text already streamed, as the worker's row produced it
     while True:
+        if len(job_ids) == 1:  # one row: its tokens stream as the worker decodes them
+            for piece in _grown(svc, job_ids[0], deadline, sent):
+                sent += piece
+                yield delta({"content": piece})
         budget = min(_KEEPALIVE_SECONDS, deadline - time.monotonic())
         if budget <= 0:
             for job_id in job_ids:
@@ -214,9 +234,9 @@ def _stream(
     except Problem as exc:
         yield sse.message({"error": {"message": exc.detail, "type": "job_failed"}})
         return
-    # The queue returns the whole answer at once; send it word by word so clients render a
-    # stream as they would from a token-by-token server.
-    for piece in re.findall(r"\S+\s*|\s+", content):
+    # What the row did not stream yet (all of it for a multi-image chat), word by word.
+    rest = content[len(sent) :] if content.startswith(sent) else ""
+    for piece in re.findall(r"\S+\s*|\s+", rest):
         yield delta({"content": piece})
     yield delta({}, finish)
     if include_usage:
