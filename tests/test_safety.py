@@ -284,3 +284,44 @@ def test_runner_stores_checks_and_withholds_an_unsafe_summary_and_digest(
     info = service.get_batch(batch.id)
     assert info is not None and info.digest is None
     assert info.digest_error == "blocked by the safety check (digest): unsafe: S10 Hate"
+
+
+def test_in_flight_batch_checks_each_job_by_its_own_policy(
+    unsafe_pipeline, tmp_path: Path, redis_server: str
+) -> None:
+    """The worker's continuous loop (JobRunner, in-process): three jobs share one in-flight
+    batch; the `block` job is stopped by its input check before any row of it runs (no
+    result, no output check, its file kept), the `flag` job runs with both checks stored, the
+    `off` job runs unchecked beside it."""
+    from appliance.jobs import JobService
+    from appliance.runtime.runner import JobRunner
+
+    settings = unsafe_pipeline.settings.model_copy(
+        update={"data_dir": tmp_path, "redis_url": redis_server.rsplit("/", 1)[0] + "/12"}
+    )
+    settings.queue.batch_size = 4
+    service = JobService.from_settings(settings)
+    png = tmp_path / "p.png"
+    _image().save(png)
+    jobs = {
+        mode: service.submit(
+            png.read_bytes(), f"{mode}.png", TaskRequest(safety=mode), source="api"
+        )
+        for mode in ("off", "block", "flag")
+    }
+    runner = JobRunner(service.backend, hostname="gpu0@t", device="cpu", pipeline=unsafe_pipeline)
+    runner.run_job(jobs["off"].id)
+    off, block, flag = (service.get(jobs[m].id) for m in ("off", "block", "flag"))
+    assert off is not None and block is not None and flag is not None
+    assert (off.state, off.safety) == (SUCCEEDED, None)
+    assert block.state == BLOCKED and block.result is None
+    assert block.error == "blocked by the safety check (input): unsafe: S2 Non-Violent Crimes"
+    assert [c["stage"] for c in block.safety or []] == ["input"]  # never analysed
+    assert service.backend.blobs.get(block.input_path, block.input_sha256) == png.read_bytes()
+    assert flag.state == SUCCEEDED and flag.result is not None
+    assert [(c["stage"], c["verdict"]) for c in flag.safety or []] == [
+        ("input", UNSAFE),
+        ("output", UNSAFE),
+    ]
+    assert flag.result["safety"] == flag.safety
+    assert flag.timings is not None and flag.timings["batch_size"] == 2  # beside `off`
