@@ -91,7 +91,8 @@ class TaskRequest(BaseModel):
         return self.task != "chat" or any(turn.image for turn in self.messages)
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can share one padded `generate_batch` call."""
+        """Equal generation parameters (the store's `compat_key`; the in-flight batch itself
+        mixes any parameters, each row sampling on its own)."""
         return (self.max_new_tokens, self.temperature, self.seed)
 
 
