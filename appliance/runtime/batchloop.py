@@ -137,8 +137,13 @@ class JobLoop:
         return [item.job for item in self.items.values()]
 
     def _may_claim(self) -> bool:
-        if self.alone or time.monotonic() > self.claim_until:
+        if time.monotonic() > self.claim_until:
             return False
+        if self.alone:
+            # With batch_size 1 the loop still takes the next queued job the moment its row
+            # ends, rather than going back through Celery (ack, fetch, deliver, claim): that
+            # round trip left the model idle ~10 % of a short job's time (bench/pipeline.py).
+            return self.q.batch_size <= 1 and not self.batch.busy and not self.primary.run_alone
         return self.batch.free_rows > 0 and (self.q.continuous or not self.batch.busy)
 
     def _claim_more(self) -> list[Job]:
