@@ -300,6 +300,9 @@ def test_in_flight_batch_takes_interactive_first_and_jobs_that_arrive_while_it_r
     """Free rows go to interactive jobs before bulk ones, and a job queued while the batch
     decodes joins it (any generation parameters) instead of waiting for the batch to end."""
     service.settings.queue.batch_size = 2
+    # Look for queued jobs at every step, not every 50 ms: on a fast step a free row would
+    # otherwise wait several steps, and the 40-token row could end before `late` joins it.
+    service.settings.queue.batch_wait_ms = 0
     long = TaskRequest(task="caption", max_new_tokens=40)
     bulk = [service.submit(png_bytes(20 + i), f"b{i}.png", long, source="folder") for i in range(3)]
     panel = [
