@@ -45,11 +45,11 @@ def _cmdlines(machine: t.Booted) -> str:
 
 
 def _unit_log(machine: t.Booted) -> str:
-    """The last lines of the appliance's and the head's services (not the health probes)."""
-    units = ["appliance-worker@cpu", "appliance-web", "seaweedfs", "postgresql@15-main"]
-    args = [arg for unit in units for arg in ("-u", unit)]
-    return machine.sh("journalctl", "--no-pager", "-n", "60", *args, "--grep", "^(?!.*readyz)",
-                      timeout=30).stdout  # fmt: skip
+    """The state and last lines of the appliance's worker and web services."""
+    status = machine.sh("systemctl", "--no-pager", "status", "appliance-worker@cpu",
+                        "appliance-web", timeout=30).stdout  # fmt: skip
+    return status + machine.sh("journalctl", "--no-pager", "-n", "40", "-u",
+                               "appliance-worker@cpu", timeout=30).stdout  # fmt: skip
 
 
 def _redis_says(machine: t.Booted, address: str, command: str) -> str:
