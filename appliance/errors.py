@@ -62,6 +62,15 @@ class Cancelled(ApplianceError):
     """The job was cancelled while its generation ran; the partial output is thrown away."""
 
 
+class SafetyBlocked(ApplianceError):
+    """The safety stage withheld the job (policy `block`): `checks` say which verdicts did.
+    Not retried: the same input gets the same verdict; the file is kept."""
+
+    def __init__(self, reason: str, checks: list[dict[str, object]]) -> None:
+        super().__init__(reason)
+        self.checks = checks
+
+
 class TransientError(ApplianceError):
     """Worth trying again later: a broker hiccup, a full disk, CUDA out of memory."""
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from appliance.errors import InvalidRequest
-from appliance.vocab import FinishReason
+from appliance.vocab import OFF, FinishReason, SafetyMode
 
 Task = Literal["caption", "describe", "question", "ocr", "table", "classify", "extract", "chat"]
 # What forms and the CLI offer. `chat` is not among them: it is the OpenAI endpoint's task, a
@@ -65,6 +65,8 @@ class TaskRequest(BaseModel):
     max_new_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    # The safety stage's policy for this job, set at submit from its source (settings.safety).
+    safety: SafetyMode = OFF
 
     @model_validator(mode="after")
     def _check(self) -> TaskRequest:
@@ -154,6 +156,8 @@ class AnalysisResult(BaseModel):
     pages: list[PageResult]
     summary: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    # The safety stage's checks ({stage, verdict, categories, model, ms, raw}), in order.
+    safety: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def text(self) -> str:

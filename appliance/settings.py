@@ -7,10 +7,11 @@ pass it down; nothing else in the code base reads the environment for configurat
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from appliance.vocab import WEBHOOK_EVENTS
+from appliance.vocab import CLOSED, OFF, WEBHOOK_EVENTS, FailMode, SafetyMode
 
 DEFAULT_CONFIG_FILE = Path("/etc/appliance/appliance.toml")
 
@@ -148,6 +149,8 @@ class DropFolder(BaseModel):
     # Relative to `path` unless absolute; on the same filesystem so moves are atomic renames.
     done_dir: str = "done"
     failed_dir: str = "failed"
+    # Files the safety stage blocked (policy `block`), with their verdict and reason.
+    blocked_dir: str = "blocked"
     # Write a `batch-<time>.md` digest per batch (needs the summarizer model).
     digest: bool = True
     # PollingObserver scan interval (network mounts), and the safety rescan in inotify mode.
@@ -155,6 +158,44 @@ class DropFolder(BaseModel):
     rescan_seconds: float = 30.0
     # Added for webhooks (issue 16): subscriptions to this folder's job and batch events.
     webhooks: list[FolderWebhook] = Field(default_factory=list)
+    # Added for the safety stage (issue 15): this folder's policy (off | flag | block).
+    safety: SafetyMode = OFF
+
+
+class Safety(BaseModel):
+    """The safety stage (Llama Guard 3, `appliance.safety`). Added for issue 15.
+
+    A policy per source: off (no check), flag (check and record the verdict), block (an unsafe
+    verdict ends the job `blocked`). Drop folders have their own `safety` in `[[folders]]`."""
+
+    panel: SafetyMode = OFF
+    api: SafetyMode = OFF
+    openai: SafetyMode = OFF  # /v1/chat/completions and /v1/batches
+    cli: SafetyMode = OFF  # `appliance submit`; `appliance analyze --safety` overrides
+    # By API token name, over `api` and `openai` for that token's requests.
+    tokens: dict[str, SafetyMode] = Field(default_factory=dict)
+    # What is checked: the image and prompt before analysis, the answer after it, or both.
+    # Meta reports the vision guard far stronger on responses, hence the default.
+    check: Literal["input", "output", "both"] = "output"
+    # An answer that is not a well-formed verdict: closed = unsafe, open = flagged, released.
+    fail_mode: FailMode = CLOSED
+    # Codes left out of the list the guard is shown (the template's excluded_category_keys).
+    exclude: list[str] = Field(default_factory=list)
+    # Site-specific categories added to S1..S13: {"S14": "Patient names. ..."}.
+    categories: dict[str, str] = Field(default_factory=dict)
+    # Registry names (role `safety`); empty: the first guard of that architecture.
+    vision_model: str = ""
+    text_model: str = ""
+    # Also judge follow-up summaries and batch digests with the text guard.
+    check_summaries: bool = True
+
+    @field_validator("categories")
+    @classmethod
+    def _codes(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [code for code in value if not re.fullmatch(r"S[1-9][0-9]*", code)]
+        if bad:
+            raise ValueError(f"category codes look like S14 (got {', '.join(bad)})")
+        return value
 
 
 class Queue(BaseModel):
@@ -259,6 +300,7 @@ class Settings(BaseSettings):
     panel: Panel = Field(default_factory=Panel)
     queue: Queue = Field(default_factory=Queue)
     webhooks: Webhooks = Field(default_factory=Webhooks)
+    safety: Safety = Field(default_factory=Safety)
     storage: Storage = Field(default_factory=Storage)
 
     @classmethod

@@ -12,17 +12,20 @@ from __future__ import annotations
 from typing import Final, Literal, get_args
 
 # -- a job's life ------------------------------------------------------------------------
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "blocked"]
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
 SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
 CANCELLED: Final = "cancelled"
+# The safety stage withheld it (policy `block`): the input was not analysed or the answer not
+# released. Ended for good: retrying would only give the same verdict; the file is kept.
+BLOCKED: Final = "blocked"
 STATES: tuple[str, ...] = get_args(JobState)
 # Still waiting for or holding a worker; cancel applies to these.
 ACTIVE: tuple[str, ...] = (QUEUED, RUNNING)
 # Ended: a result, an error or a cancel; retry applies to FAILED and CANCELLED.
-TERMINAL: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED)
+TERMINAL: tuple[str, ...] = (SUCCEEDED, FAILED, CANCELLED, BLOCKED)
 RETRYABLE: tuple[str, ...] = (FAILED, CANCELLED)
 
 # -- where a job came from, and its lane ---------------------------------------------------
@@ -48,7 +51,31 @@ DONE: Final = "done"
 FinishReason = Literal["stop", "length"]
 STOP: Final = "stop"  # the model ended its turn with an end-of-turn token
 LENGTH: Final = "length"  # cut off: the row used up its max_new_tokens
+# OpenAI's word for an answer withheld by a content filter (a BLOCKED job's chat reply).
+CONTENT_FILTER: Final = "content_filter"
 FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
+
+# -- the safety stage (Llama Guard 3): per-source policy, what is checked, the verdicts -----
+SafetyMode = Literal["off", "flag", "block"]
+OFF: Final = "off"  # no check
+FLAG: Final = "flag"  # check, store the verdict, release the answer anyway
+BLOCK: Final = "block"  # check; an unsafe verdict ends the job BLOCKED
+SAFETY_MODES: tuple[str, ...] = get_args(SafetyMode)
+SafetyStage = Literal["input", "output", "summary", "digest"]
+INPUT: Final = "input"  # the image and prompt, before analysis (the guard judges the user turn)
+OUTPUT: Final = "output"  # the generated answer (the guard judges the agent turn)
+SUMMARY: Final = "summary"  # a job's follow-up summary (text guard)
+DIGEST: Final = "digest"  # a batch's digest (text guard)
+SAFETY_STAGES: tuple[str, ...] = get_args(SafetyStage)
+Verdict = Literal["safe", "unsafe", "unparsable"]
+SAFE: Final = "safe"
+UNSAFE: Final = "unsafe"
+UNPARSABLE: Final = "unparsable"  # not a well-formed verdict: the fail mode decides
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+FailMode = Literal["closed", "open"]
+CLOSED: Final = "closed"  # an unparsable verdict counts as unsafe
+OPEN: Final = "open"  # an unparsable verdict is flagged, the answer released
+FAIL_MODES: tuple[str, ...] = get_args(FailMode)
 
 # -- worker rows -----------------------------------------------------------------------------
 WorkerState = Literal["starting", "idle", "busy", "stopped"]

@@ -6,7 +6,11 @@
 2. batch4: the same pipeline with 4 files per `analyze_many` call (dynamic batching's gain);
 3. queue: N jobs submitted through `JobService` -> Redis -> one `appliance worker` -> the
    store, timed from the first submit to the last result (worker started and warm before);
-   once with batch_size 1 (the like-for-like ratio) and once with batch_size 4.
+   once with batch_size 1 (the like-for-like ratio) and once with batch_size 4;
+4. safety: batch4 again with the safety stage on (policy flag, Llama Guard 3 judging each
+   answer, `--safety-check output|input|both`) against the same loop with it off:
+   `safety_ratio` = throughput on / off. The tiny guards are steered to answer `safe` (a real
+   guard's usual two-token answer) by their weights.
 
 Rounds alternate engine and queue so that both see the same background load; the best round
 of each counts (a shared 2-core dev box is noisy).
@@ -86,6 +90,15 @@ class Engine:
             self.pipeline.analyze_many([(self.pipeline.load(d), self.request) for d in group])
         return 4 * len(groups) / (time.perf_counter() - started)
 
+    def checked(self, mode: str) -> float:
+        """batch4 through `analyze_checked` with every item's safety policy set to `mode`."""
+        request = self.request.model_copy(update={"safety": mode})
+        groups = [self.datas[i : i + 4] for i in range(0, len(self.datas) - 3, 4)]
+        started = time.perf_counter()
+        for group in groups:
+            self.pipeline.analyze_checked([(self.pipeline.load(d), request) for d in group])
+        return 4 * len(groups) / (time.perf_counter() - started)
+
 
 class Queue:
     """One `appliance worker` and bursts of jobs through JobService -> Redis -> store."""
@@ -128,6 +141,16 @@ class Queue:
         self.worker.stop()
 
 
+def steer_safe(models: Path) -> dict[str, str]:
+    """Copies of the tiny guards whose weights answer `safe`, as a real guard mostly does."""
+    from appliance.build.tiny_guards import TEXT_GUARD_NAME, VISION_GUARD_NAME, steer_guard
+
+    names = {"vision": VISION_GUARD_NAME + "-safe", "text": TEXT_GUARD_NAME + "-safe"}
+    steer_guard(models / VISION_GUARD_NAME, models / names["vision"], "safe", names["vision"])
+    steer_guard(models / TEXT_GUARD_NAME, models / names["text"], "safe", names["text"])
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
@@ -140,6 +163,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-threads", type=int, default=0, help="Model threads (0: a worker's share)."
     )
+    parser.add_argument("--safety-check", choices=["input", "output", "both"], default="output")
     args = parser.parse_args()
     threads = args.cpu_threads or cpu_threads_per_worker(1)
 
@@ -152,6 +176,9 @@ def main() -> None:
             models = tmp / "models"
             print("building tiny models ...", file=sys.stderr)
             make_tiny(models)
+            guards = steer_safe(models)
+        else:
+            guards = {}
         redis = RedisServer(tmp / "redis").start()
         log = tmp / "worker.log"
         try:
@@ -169,12 +196,22 @@ def main() -> None:
             }
             os.environ.update({k: v for k, v in env.items() if k.startswith("APPLIANCE_")})
             settings = load_settings()
+            settings.safety.check = args.safety_check
+            settings.safety.vision_model = guards.get("vision", "")
+            settings.safety.text_model = guards.get("text", "")
             from appliance.pipeline import Pipeline
 
             request = TaskRequest(task="caption", max_new_tokens=args.max_new_tokens)
             datas = images(args.jobs)
             engine = Engine(Pipeline(settings), datas, request)
-            rates: dict[str, list[float]] = {"engine": [], "batch4": [], "queue": [], "queue4": []}
+            rates: dict[str, list[float]] = {
+                "engine": [], "batch4": [], "queue": [], "queue4": [], "safety_on": [],
+                "safety_off": [],
+            }  # fmt: skip
+            engine.checked("flag")  # loads and warms the guards: not timed
+            for _ in range(args.rounds):  # in-process: the guards' own cost, nothing else
+                rates["safety_off"].append(engine.checked("off"))
+                rates["safety_on"].append(engine.checked("flag"))
             # Rounds alternate engine and queue, so both see the same background load.
             for batch_size, key in ((1, "queue"), (4, "queue4")):
                 queue = Queue(
@@ -205,6 +242,8 @@ def main() -> None:
     print(f"queue:         {best['queue']:7.2f} jobs/s (Redis -> 1 worker -> store, batch 1)")
     print(f"queue batch 4: {best['queue4']:7.2f} jobs/s (dynamic batching, up to 4)")
     print(f"ratio queue/engine: {ratio:.3f} (target >= 0.9); best of {args.rounds} rounds each")
+    safety_ratio = best["safety_on"] / best["safety_off"]
+    print(f"safety ({args.safety_check}) on/off: {safety_ratio:.3f} (batch4, in-process)")
     print(
         json.dumps(
             {
@@ -217,6 +256,10 @@ def main() -> None:
                 "batch4_speedup": round(batch4, 3),
                 "queue_batch4_jobs_per_s": round(best["queue4"], 3),
                 "queue_batch4_speedup": round(best["queue4"] / best["queue"], 3),
+                "safety_check": args.safety_check,
+                "safety_on_jobs_per_s": round(best["safety_on"], 3),
+                "safety_off_jobs_per_s": round(best["safety_off"], 3),
+                "safety_ratio": round(safety_ratio, 3),
             }
         )
     )

@@ -1,6 +1,6 @@
 """Jobs per second through one box's worker, then through two boxes' workers, sharing one head.
 
-    python bench/scaleout.py [--jobs 60] [--models DIR] [--max-new-tokens 8]
+    python bench/scaleout.py [--jobs 120] [--models DIR] [--max-new-tokens 48]
 
 The head services are real: SeaweedFS (S3) for the files, a private redis-server, and a
 PostgreSQL database of its own on 127.0.0.1:5432. Box A (this process) submits the jobs
@@ -68,6 +68,7 @@ def run(tmp: Path, models: Path, jobs: int, tokens: int) -> dict[str, float]:
             "TRANSFORMERS_OFFLINE": "1",
         }
         box_a = tmp / "boxA"
+        (box_a / "data").mkdir(parents=True)
         settings = load_settings(
             config_file=tmp / "none.toml",
             data_dir=box_a / "data",
@@ -87,11 +88,15 @@ def run(tmp: Path, models: Path, jobs: int, tokens: int) -> dict[str, float]:
             proc = BoxProcess(box_env, args, tmp / f"{name}.log", hide=box_a)
             procs.append(proc.start())
             hostname = f"gpu{device}@{HOST}"
-            wait_for(
-                lambda: any(w.hostname == hostname and w.alive for w in service.workers()),
-                180,
-                f"{name}'s worker",
-            )
+            try:
+                wait_for(
+                    lambda: any(w.hostname == hostname and w.alive for w in service.workers()),
+                    180,
+                    f"{name}'s worker",
+                )
+            except AssertionError:
+                print(proc.tail(), file=sys.stderr)
+                raise
 
         def timed(batch: list[bytes], label: str) -> float:
             started = time.perf_counter()
@@ -130,16 +135,16 @@ def run(tmp: Path, models: Path, jobs: int, tokens: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=60)
+    parser.add_argument("--jobs", type=int, default=120)
     parser.add_argument("--models", type=Path, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
     why = can_hide_dirs() or postgres_reachable()
     if why is not None:
         sys.exit(f"bench/scaleout.py: {why}")
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as name:
         tmp = Path(name)
-        models = args.models
+        models = args.models.resolve() if args.models else None
         if models is None:
             from appliance.build.tiny import make_tiny
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from appliance.errors import ApplianceError, IntakeError, ModelError
+from appliance.errors import ApplianceError, IntakeError, ModelError, SafetyBlocked
+from appliance.safety import mode_for
 from appliance.schema import AnalysisResult, TaskRequest
+from appliance.vocab import BLOCKED, SAFETY_MODES
 from cli.group import cli, get_settings
 from cli.options import task_request_options
 
@@ -19,12 +21,20 @@ from cli.options import task_request_options
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @task_request_options("Add a follow-up summary per file.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file on stdout.")
+@click.option(
+    "--safety",
+    type=click.Choice(SAFETY_MODES),
+    default=None,
+    help="Safety stage (Llama Guard 3): off, flag (record verdicts) or block. "
+    "Default: the settings' safety.cli.",
+)
 @click.pass_context
 def analyze(
     ctx: click.Context,
     files: tuple[Path, ...],
     request: TaskRequest,
     as_json: bool,
+    safety: str | None,
 ) -> None:
     """Analyze image, TIFF and PDF files in-process and print the results."""
     from transformers.utils import logging as hf_logging
@@ -34,7 +44,9 @@ def analyze(
     # The CLI promises one line per problem on stderr; library chatter would drown it.
     hf_logging.set_verbosity_error()
 
-    pipeline = Pipeline(get_settings(ctx))
+    settings = get_settings(ctx)
+    request.safety = safety or mode_for(settings, "cli")
+    pipeline = Pipeline(settings)
     failures = 0
     loaded: list[tuple[Path, list]] = []
     for path in files:
@@ -49,12 +61,16 @@ def analyze(
         with tqdm(total=total_pages, unit="page", disable=None, file=sys.stderr) as bar:
             for path, pages in loaded:
                 try:
-                    result = pipeline.analyze_pages(pages, request)
+                    result = pipeline.analyze_checked([(pages, request)])[0]
+                    if isinstance(result, SafetyBlocked):
+                        raise result
                 except ModelError:
                     raise
                 except ApplianceError as exc:
                     failures += 1
                     click.echo(f"error: {path}: {exc}", err=True)
+                    if as_json and isinstance(exc, SafetyBlocked):
+                        _print_blocked(path, exc)
                     bar.update(len(pages))
                     continue
                 bar.update(len(pages))
@@ -82,6 +98,14 @@ def _print(path: Path, result: AnalysisResult, as_json: bool) -> None:
         click.echo(f"{label}: {_indent(page.text)}")
     if result.summary is not None:
         click.echo(f"{path} [summary]: {_indent(result.summary)}")
+    for check in result.safety:
+        codes = ",".join(check["categories"])
+        click.echo(f"{path} [safety {check['stage']}]: {check['verdict']} {codes}".rstrip())
+
+
+def _print_blocked(path: Path, blocked: SafetyBlocked) -> None:
+    line = {"file": str(path), "state": BLOCKED, "error": str(blocked), "safety": blocked.checks}
+    click.echo(json.dumps(line, ensure_ascii=False))
 
 
 def _indent(text: str) -> str:

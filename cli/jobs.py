@@ -17,6 +17,7 @@ import click
 from tqdm import tqdm
 
 from appliance.errors import ApplianceError
+from appliance.safety import mode_for
 from appliance.schema import AnalysisResult, TaskRequest
 from appliance.vocab import BULK, INTERACTIVE, RUNNING, STATES, SUCCEEDED
 from cli.group import cli, get_settings
@@ -54,6 +55,7 @@ def submit(
 ) -> None:
     """Queue files for the workers; print the job ids (or, with --wait, the results)."""
     service = _service(ctx)
+    request.safety = mode_for(service.settings, "cli")
     batch = None
     if len(files) > 1:
         batch = service.open_batch(

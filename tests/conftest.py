@@ -29,9 +29,12 @@ def _tiny_cache_key() -> str:
 
     import appliance.build.onnx_export
     import appliance.build.tiny
+    import appliance.build.tiny_guards
+    import appliance.safety.template
 
     digest = hashlib.sha256()
-    for module in (appliance.build.tiny, appliance.build.onnx_export):
+    modules = (appliance.build.tiny, appliance.build.tiny_guards, appliance.safety.template)
+    for module in (*modules, appliance.build.onnx_export):
         digest.update(Path(module.__file__ or "").read_bytes())
     for lib in (torch, transformers, tokenizers):
         digest.update(lib.__version__.encode())
@@ -45,14 +48,15 @@ def _verified(root: Path) -> bool:
         infos = ModelRegistry(root).list()
     except Exception:
         return False
-    return len(infos) == 2 and not any(verify(info) for info in infos)
+    return len(infos) == 4 and not any(verify(info) for info in infos)
 
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A models root holding `tiny-mllama-vision` and `tiny-llama-summarizer` (read-only!)."""
+    """A models root holding `tiny-mllama-vision`, `tiny-llama-summarizer` and the two tiny
+    safety guards `tiny-mllama-guard`, `tiny-llama-guard` (read-only!)."""
     from appliance.build.tiny import make_tiny
 
     name = f"tiny-models-{_tiny_cache_key()}"
@@ -177,3 +181,41 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in skipped:
             print(f"\nCI: skipped test counts as a failure: {report.nodeid}: {report.longrepr}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- one API + worker stack for the session (tests/worker_stack.py) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def api_worker_stack(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models_dir: Path
+) -> Iterator[dict]:
+    """A Flask app and a real worker on Redis database 7, shared by the worker test modules."""
+    from tests.worker_stack import running_stack
+
+    with running_stack(tmp_path_factory.mktemp("api-e2e"), redis_server, tiny_models_dir) as s:
+        yield s
+
+
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Each test module is
+# one unit of work, so module fixtures (a booted container, a worker stack) are built once; the
+# longest modules start first, so the two workers end together. The provisioning module alone
+# takes ~10 minutes, most of it waiting on dpkg, ansible and booting containers, which is why
+# running it beside the rest nearly halves the suite's wall time on two cores.
+LONGEST_FIRST = (
+    "test_provisioning.py",
+    "test_queue_workers.py",
+    "test_watch_e2e.py",
+    "test_scaleout.py",
+    "test_up.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker: keep pytest's own order
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module

@@ -6,6 +6,7 @@ would on another machine."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -42,8 +43,10 @@ def weed_ports() -> list[int]:
 class SeaweedFS:
     """`weed server -s3`: master, volume, filer and S3 gateway in one process."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, credentials: tuple[str, str] | None = None) -> None:
+        """`credentials`: (access key, secret key) the S3 gateway demands; None: anonymous."""
         self.home = home
+        self.credentials = credentials
         self.ports = weed_ports()
         self.endpoint = f"http://127.0.0.1:{self.ports[3]}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,6 +59,14 @@ class SeaweedFS:
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", "-master.volumeSizeLimitMB=64",
         ]  # fmt: skip
+        if self.credentials is not None:
+            access, secret = self.credentials
+            actions = ["Admin", "Read", "Write", "List", "Tagging"]
+            ident = {"name": "appliance", "actions": actions}
+            ident["credentials"] = [{"accessKey": access, "secretKey": secret}]
+            config = self.home / "s3.json"
+            config.write_text(json.dumps({"identities": [ident]}))
+            args.append(f"-s3.config={config}")
         with open(self.home / "weed.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_for(self.answers, 60, f"SeaweedFS S3 on {self.endpoint}", poll=0.3)

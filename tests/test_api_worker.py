@@ -6,10 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,64 +16,16 @@ import pytest
 from werkzeug.serving import make_server
 
 from tests.api_fixtures import *  # noqa: F403
-from tests.api_fixtures import auth, jpeg_bytes, make_settings
+from tests.api_fixtures import auth, jpeg_bytes
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: str, tiny_models_dir: Path
-) -> Iterator[dict[str, Any]]:
-    from web import create_app
-
-    tmp = tmp_path_factory.mktemp("api-e2e")
-    # Its own Redis database: other API tests' queued jobs never reach this worker.
-    redis_url = redis_server.rsplit("/", 1)[0] + "/7"
-    settings = make_settings(tmp, redis_url, models_dir=tiny_models_dir)
-    settings.api.rate_limit_per_minute = 0
-    settings.generation.max_new_tokens = 8
-    env = {
-        **os.environ,
-        "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
-        "APPLIANCE_DATA_DIR": str(settings.data_dir),
-        "APPLIANCE_MODELS_DIR": str(tiny_models_dir),
-        "APPLIANCE_REDIS_URL": redis_url,
-        "APPLIANCE_DEVICE": "cpu",
-        "APPLIANCE_GENERATION__MAX_NEW_TOKENS": "8",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    app = create_app(settings)
-    _info, secret = app.extensions["appliance"].tokens.create("e2e", "submit")
-    log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - closed in the finally below
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--exec", "--loglevel", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    client = app.test_client()
-    try:
-        deadline = time.monotonic() + 180
-        while client.get("/readyz", headers=auth(secret)).status_code != 200:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(
-                    "worker did not become ready:\n" + (tmp / "worker.log").read_text()[-3000:]
-                )
-            time.sleep(0.5)
-        yield {"app": app, "client": client, "secret": secret, "settings": settings}
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
-        log.close()
+def stack(api_worker_stack: dict[str, Any]) -> dict[str, Any]:
+    """The session's API + worker stack (tests/worker_stack.py), shared with the safety tests."""
+    return api_worker_stack
 
 
 def _sse_events(response: Any, until_state: str, budget_s: float = 120) -> list[dict[str, Any]]:

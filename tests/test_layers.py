@@ -62,9 +62,11 @@ def test_import_contracts_catch_an_upward_import(tmp_path: Path) -> None:
     assert "appliance.vocab -> web" in done.stdout
 
 
-STATE_WORDS = {"queued", "running", "succeeded", "failed", "cancelled", "interactive", "bulk"}
+STATE_WORDS = {
+    "queued", "running", "succeeded", "failed", "cancelled", "blocked", "interactive", "bulk"
+}  # fmt: skip
 # Same spelling, other meaning: the drop folder's `failed/` subfolder name.
-NOT_A_STATE = {("appliance/settings.py", "failed_dir")}
+NOT_A_STATE = {("appliance/settings.py", "failed_dir"), ("appliance/settings.py", "blocked_dir")}
 
 
 def _state_literals(path: Path) -> list[str]:

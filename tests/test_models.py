@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.build.tiny import SUMMARIZER_NAME, VISION_NAME, make_tiny
+from appliance.build.tiny_guards import TEXT_GUARD_NAME, VISION_GUARD_NAME
 from appliance.errors import ModelError
 from appliance.registry import ModelRegistry, load_local, read_manifest, verify, write_manifest
 from cli import cli
@@ -29,9 +30,11 @@ def _run(*args: str):
 
 def test_registry_lists_and_resolves_by_role(tiny_models_dir: Path) -> None:
     registry = ModelRegistry(tiny_models_dir)
-    assert [(m.name, m.role) for m in registry.list()] == [
-        (SUMMARIZER_NAME, "summarizer"),
-        (VISION_NAME, "vision"),
+    assert [(m.name, m.role, m.architecture) for m in registry.list()] == [
+        (TEXT_GUARD_NAME, "safety", "LlamaForCausalLM"),
+        (SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM"),
+        (VISION_GUARD_NAME, "safety", "MllamaForConditionalGeneration"),
+        (VISION_NAME, "vision", "MllamaForConditionalGeneration"),
     ]
     assert registry.first("vision").name == VISION_NAME
     assert registry.resolve("vision", "").name == VISION_NAME
@@ -47,7 +50,7 @@ def test_registry_lists_and_resolves_by_role(tiny_models_dir: Path) -> None:
     [
         (lambda r: r.get("nope"), "model 'nope' not found"),
         (lambda r: r.resolve("summarizer", VISION_NAME), "is a vision model, not a summarizer"),
-        (lambda r: r.first("safety"), "no safety model installed"),
+        (lambda r: r.resolve("safety", VISION_NAME), "is a vision model, not a safety model"),
     ],
 )
 def test_registry_errors_are_one_line(tiny_models_dir: Path, call, expected: str) -> None:
@@ -95,6 +98,8 @@ def test_cli_list_and_verify_ok(tiny_models_dir: Path) -> None:
     listed = _run("models", "list", "--models-dir", str(tiny_models_dir))
     assert listed.exit_code == 0, listed.output
     assert VISION_NAME in listed.output and "summarizer" in listed.output
+    guards = [line for line in listed.output.splitlines() if line.split("\t")[1] == "safety"]
+    assert len(guards) == 2, listed.output  # both tiny guards, under role safety
     checked = _run("models", "verify", "--no-progress", "--models-dir", str(tiny_models_dir))
     assert checked.exit_code == 0, checked.output
     assert f"ok   {VISION_NAME}" in checked.output

@@ -269,6 +269,43 @@ def test_fifty_jobs_from_box_a_run_on_box_b(fleet: Fleet) -> None:
     wait_for(lambda: len(list(done.glob("drop-*.png.json"))) == 25, 30, "25 sidecars")
 
 
+def test_openai_batch_files_written_on_box_b_are_read_on_box_a(fleet: Fleet) -> None:
+    """A JSONL uploaded to box A's /v1/files, run as a batch on box B's worker, whose output
+    file (written there, into the object store) box A's API serves."""
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": f"Say {i}"}], "max_tokens": 3},
+        }
+        for i in range(2)
+    ]
+    body = "\n".join(json.dumps(line) for line in lines).encode()
+    upload = fleet.http.post(
+        fleet.url + "/v1/files",
+        files={"file": ("lines.jsonl", body, "application/jsonl")},
+        data={"purpose": "batch"},
+    )
+    assert upload.status_code == 200, upload.text
+    row = fleet.service.store.get_file(upload.json()["id"])
+    assert row is not None and row.path.startswith("s3://appliance/fleet/")
+    spec = {"input_file_id": row.id, "endpoint": "/v1/chat/completions"}
+    created = fleet.http.post(fleet.url + "/v1/batches", json=spec | {"completion_window": "24h"})
+    assert created.status_code == 200, created.text
+
+    def completed() -> dict[str, Any] | None:
+        batch = fleet.http.get(f"{fleet.url}/v1/batches/{created.json()['id']}").json()
+        return batch if batch["status"] == "completed" else None
+
+    batch = wait_for(completed, 60, "the batch to complete")
+    content = fleet.http.get(f"{fleet.url}/v1/files/{batch['output_file_id']}/content")
+    assert content.status_code == 200, content.text
+    answers = [json.loads(line) for line in content.text.splitlines()]
+    assert sorted(a["custom_id"] for a in answers) == ["r0", "r1"]
+    assert all(a["response"]["status_code"] == 200 for a in answers)
+
+
 def test_altered_object_fails_its_job_with_a_checksum_reason(fleet: Fleet) -> None:
     """An object damaged in the store: that job fails saying so; the others succeed."""
     import boto3

@@ -50,6 +50,15 @@ class ApplianceCollector:
             sum_value=stats.latency_sum,
         )
 
+        verdicts = GaugeMetricFamily(
+            "appliance_safety_verdicts",
+            "Safety checks of the jobs in the store by stage, verdict and category",
+            labels=["stage", "verdict", "category"],
+        )
+        for (stage, verdict, category), count in sorted(stats.safety.items()):
+            verdicts.add_metric([stage, verdict, category], count)
+        yield verdicts
+
         tps = GaugeMetricFamily(
             "appliance_tokens_per_second",
             "Decode speed, mean of the worker's recent jobs",

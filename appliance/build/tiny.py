@@ -1,8 +1,9 @@
 """Tiny random models shaped like the real ones, for tests, CI and CPU benchmarks.
 
 `make_tiny(root)` writes a models root with a `tiny-mllama-vision` model (loads through the same
-`VisionEngine.load` as the real Llama 3.2 11B Vision weights) and a `tiny-llama-summarizer` model
-with its ONNX export. Everything is built offline and is byte-for-byte reproducible per seed.
+`VisionEngine.load` as the real Llama 3.2 11B Vision weights), a `tiny-llama-summarizer` model
+with its ONNX export, and two tiny safety guards shaped like Llama Guard 3 11B Vision (Mllama)
+and 1B (Llama) that carry the guards' chat template (`appliance.safety.template`). Everything is built offline and is byte-for-byte reproducible per seed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from pathlib import Path
 
 VISION_NAME = "tiny-mllama-vision"
 SUMMARIZER_NAME = "tiny-llama-summarizer"
+# Llama Guard 3 stand-ins (role safety): 11B Vision is Mllama, 1B is Llama.
+VISION_GUARD_NAME = "tiny-mllama-guard"
+TEXT_GUARD_NAME = "tiny-llama-guard"
 
 # The real Llama 3 special tokens, in their real order; `<|image|>` is appended last by the
 # vision tokenizer so that its id equals the text vocab size, exactly as in the 11B checkpoint.
@@ -85,10 +89,15 @@ LLAMA3_ROPE: dict = {
 
 
 def make_tiny(root: Path, seed: int = 0) -> list[Path]:
-    """Write the tiny vision and summarizer models under `root`; return their directories."""
+    """Write the tiny vision and summarizer models and the two tiny safety guards under
+    `root`; return their directories."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    return [_make_vision(root / VISION_NAME, seed), _make_summarizer(root / SUMMARIZER_NAME, seed)]
+    return [
+        _make_vision(root / VISION_NAME, seed),
+        _make_summarizer(root / SUMMARIZER_NAME, seed),
+        *make_tiny_guards(root, seed),
+    ]
 
 
 def _train_tokenizer(with_image: bool):  # -> PreTrainedTokenizerFast
@@ -157,7 +166,14 @@ def _text_sizes(vocab_size: int) -> dict:
     )
 
 
-def _make_vision(out: Path, seed: int) -> Path:
+def _make_vision(
+    out: Path,
+    seed: int,
+    *,
+    name: str = VISION_NAME,
+    role: str = "vision",
+    template: str = CHAT_TEMPLATE,
+) -> Path:
     import torch
     from transformers import MllamaConfig, MllamaForConditionalGeneration
     from transformers.models.mllama import MllamaImageProcessor, MllamaProcessor
@@ -201,13 +217,14 @@ def _make_vision(out: Path, seed: int) -> Path:
     image_processor = MllamaImageProcessor(
         size={"height": image_size, "width": image_size}, max_image_tiles=tiles
     )
-    processor = MllamaProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+    tokenizer.chat_template = template
+    processor = MllamaProcessor(image_processor, tokenizer, chat_template=template)
 
     _fresh(out)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     _normalise_json(out)
-    write_manifest(out, VISION_NAME, "vision", "MllamaForConditionalGeneration", demo=True)
+    write_manifest(out, name, role, "MllamaForConditionalGeneration", demo=True)
     return out
 
 
@@ -222,14 +239,14 @@ def _open_gates(model, seed: int) -> None:
                 param.copy_(0.5 + torch.rand(param.shape, generator=gen))
 
 
-def _make_summarizer(out: Path, seed: int) -> Path:
+def _write_llama(out: Path, seed: int, template: str | None = None) -> None:
+    """A tiny Llama 3.2 1B-shaped model and its tokenizer in `out` (no manifest yet)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from appliance.build.onnx_export import export_onnx
-    from appliance.registry import write_manifest
-
     tokenizer = _train_tokenizer(with_image=False)
+    if template is not None:
+        tokenizer.chat_template = template
     config = LlamaConfig(
         **_text_sizes(len(tokenizer)),
         num_hidden_layers=2,
@@ -246,11 +263,32 @@ def _make_summarizer(out: Path, seed: int) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _normalise_json(out)
+
+
+def _make_summarizer(out: Path, seed: int) -> Path:
+    from appliance.build.onnx_export import export_onnx
+    from appliance.registry import write_manifest
+
+    _write_llama(out, seed)
     # One manifest for the folder, written last, lists the torch files and the ONNX export.
     export_onnx(out, out / "onnx", write_manifests=False)
     _normalise_json(out / "onnx")
     write_manifest(out, SUMMARIZER_NAME, "summarizer", "LlamaForCausalLM", demo=True)
     return out
+
+
+def make_tiny_guards(root: Path, seed: int = 0) -> list[Path]:
+    """The two tiny Llama Guard 3 stand-ins (role safety) with the guards' chat template."""
+    from appliance.registry import write_manifest
+    from appliance.safety.template import GUARD_CHAT_TEMPLATE
+
+    root = Path(root)
+    vision = _make_vision(root / VISION_GUARD_NAME, seed + 7, name=VISION_GUARD_NAME,
+                          role="safety", template=GUARD_CHAT_TEMPLATE)  # fmt: skip
+    text = root / TEXT_GUARD_NAME
+    _write_llama(text, seed + 7, GUARD_CHAT_TEMPLATE)
+    write_manifest(text, TEXT_GUARD_NAME, "safety", "LlamaForCausalLM", demo=True)
+    return [vision, text]
 
 
 def _fresh(out: Path) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from appliance.safety.verdicts import summary as safety_summary
 from appliance.schema import TaskRequest
 from appliance.store.tables import Batch, Job, WorkerRow
 from appliance.vocab import TERMINAL
@@ -17,7 +18,7 @@ class JobInfo:
     """A snapshot of one job. `to_dict()` is its JSON form (datetimes as ISO 8601 UTC)."""
 
     id: str
-    state: str  # queued | running | succeeded | failed | cancelled
+    state: str  # queued | running | succeeded | failed | cancelled | blocked
     source: str
     priority: str
     owner: str | None
@@ -44,6 +45,8 @@ class JobInfo:
     started_at: datetime | None
     finished_at: datetime | None
     input_purged: bool = False
+    # The safety stage's checks (see `appliance.safety.verdicts.summary` for the API's object).
+    safety: list[dict[str, Any]] | None = None
 
     @property
     def task(self) -> str:
@@ -84,11 +87,13 @@ class JobInfo:
             started_at=row.started_at,
             finished_at=row.finished_at,
             input_purged=row.input_purged_at is not None,
+            safety=row.safety,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["request"] = self.request.model_dump(mode="json")
+        data["safety"] = safety_summary(self.safety)
         return _jsonable(data)
 
 

@@ -26,6 +26,7 @@ from appliance.openai.batch_input import (
     read_lines,
 )
 from appliance.openai.files import OpenAIFiles, epoch
+from appliance.safety import mode_for
 from appliance.store.base import utcnow
 from appliance.store.openai_tables import OpenAIBatch
 from appliance.vocab import (
@@ -195,6 +196,7 @@ class OpenAIBatches:
         record = _record(line)
         if line.call is None:
             return record
+        line.call.request.safety = mode_for(self.jobs.settings, "openai", row.owner)
         done = self.jobs.submit_chat(
             line.call.images,
             line.call.request,

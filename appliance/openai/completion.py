@@ -8,7 +8,7 @@ from typing import Any
 
 from appliance.jobs import JobInfo
 from appliance.schema import AnalysisResult
-from appliance.vocab import LENGTH, STOP
+from appliance.vocab import BLOCKED, CONTENT_FILTER, LENGTH, STOP
 
 
 def result_of(job: JobInfo) -> AnalysisResult | None:
@@ -20,7 +20,8 @@ def result_of(job: JobInfo) -> AnalysisResult | None:
 
 
 def answer(jobs: Sequence[JobInfo]) -> tuple[str, str, dict[str, int]]:
-    """The joined answers of succeeded jobs, the finish reason and the token usage."""
+    """The joined answers of succeeded jobs, the finish reason and the token usage. A job
+    the safety stage blocked has no answer: the reply's finish reason is `content_filter`."""
     texts, pages = [], []
     for job in jobs:
         result = result_of(job)
@@ -28,6 +29,8 @@ def answer(jobs: Sequence[JobInfo]) -> tuple[str, str, dict[str, int]]:
         pages += result.pages if result else []
     # One cut answer (of several images, or pages) makes the reply a cut one.
     finish = LENGTH if any(p.finish_reason == LENGTH for p in pages) else STOP
+    if any(job.state == BLOCKED for job in jobs):
+        finish = CONTENT_FILTER
     prompt_tokens = sum(p.prompt_tokens for p in pages)
     completion_tokens = sum(p.tokens for p in pages)
     usage = {

@@ -29,6 +29,7 @@ from appliance.store.base import utcnow
 from appliance.store.openai_tables import OpenAIBatch, OpenAIBatchLine, OpenAIFile
 from appliance.store.tables import Job
 from appliance.vocab import (
+    BLOCKED,
     CANCELLED,
     CANCELLING,
     COMPLETED,
@@ -114,7 +115,9 @@ class BatchFinisher:
         outputs: list[str] = []
         errors: list[str] = []
         for line, job in self.store.batch_lines(row.id):
-            if job is not None and job.state == SUCCEEDED:
+            # A blocked line is answered like OpenAI's filtered ones: finish_reason
+            # content_filter, no content.
+            if job is not None and job.state in (SUCCEEDED, BLOCKED):
                 outputs.append(_dump(_output_line(line, JobInfo.from_row(job))))
             else:
                 errors.append(_dump(_error_line(row.id, line, job, why)))

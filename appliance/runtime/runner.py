@@ -24,13 +24,26 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.errors import Cancelled, IntakeError, TransientError
+from appliance.errors import Cancelled, IntakeError, SafetyBlocked, TransientError
 from appliance.runtime.failures import error_code, is_oom, is_permanent, one_line
 from appliance.runtime.watchdog import Watchdog
+from appliance.safety.verdicts import blocking, reason
 from appliance.schema import AnalysisResult, TaskRequest
 from appliance.storage import ChecksumMismatch, StorageUnavailable
 from appliance.store.tables import Job
-from appliance.vocab import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED
+from appliance.vocab import (
+    BLOCK,
+    BLOCKED,
+    CANCELLED,
+    DIGEST,
+    FAILED,
+    FLAG,
+    OFF,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    SUMMARY,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -213,6 +226,9 @@ class JobRunner:
         run_ms = (time.perf_counter() - started) * 1000
         written = 0
         for (job, pages, intake_ms), result in zip(loaded, results, strict=True):
+            if isinstance(result, SafetyBlocked):
+                written += self._block(job, claim, result, len(pages))
+                continue
             timings: dict[str, Any] = dict(result.timings)
             timings.update(
                 intake_ms=intake_ms,
@@ -229,6 +245,7 @@ class JobRunner:
                 timings=timings,
                 pages=len(pages),
                 summary_state=PENDING if wants_summary else None,
+                safety=result.safety,
             )
             if not ok:
                 log.info("job %s: result dropped (cancelled or taken over)", job.id)
@@ -242,9 +259,18 @@ class JobRunner:
 
     def _infer(
         self, jobs: list[Job], items: list[tuple[list[Image.Image], TaskRequest]]
-    ) -> list[AnalysisResult]:
-        """The model call (one padded batch for all items); a seam for the chaos tests."""
-        return self.pipeline.analyze_many(items, should_stop=self._stop.is_set)
+    ) -> list[AnalysisResult | SafetyBlocked]:
+        """The model call (one padded batch for all items, each with its safety policy's
+        checks); a seam for the chaos tests."""
+        return self.pipeline.analyze_checked(items, should_stop=self._stop.is_set)
+
+    def _block(self, job: Job, claim: str, blocked: SafetyBlocked, pages: int) -> int:
+        """The safety stage withheld this job: it ends BLOCKED (never retried), file kept."""
+        log.warning("job %s blocked: %s", job.id, blocked)
+        if not self.store.block(job.id, str(blocked), claim, blocked.checks, pages):
+            return 0
+        self.backend.job_ended(job.batch_id)
+        return 1
 
     def _fail(self, job: Job, claim: str, reason: str, code: str) -> None:
         log.warning("job %s failed (%s): %s", job.id, code, reason)
@@ -295,15 +321,29 @@ class JobRunner:
         if job is None or job.summary_state != PENDING or job.result is None:
             return "skipped"
         result = AnalysisResult.model_validate(job.result)
+        req = _request(job)
         try:
-            text = self.pipeline.summarize(result, _request(job).language)
+            text = self.pipeline.summarize(result, req.language)
+            withheld = self._check_summary(job_id, req, text)
         except Exception as exc:
             if is_permanent(exc):
                 self.store.summary_done(job_id, None, error=one_line(exc))
                 return FAILED
             raise TransientError(one_line(exc)) from exc
+        if withheld:
+            self.store.summary_done(job_id, None, error=withheld)
+            return BLOCKED
         self.store.summary_done(job_id, text)
         return "done"
+
+    def _check_summary(self, job_id: str, req: TaskRequest, text: str) -> str | None:
+        """The text guard on a summary (policy flag/block): the reason when it is withheld."""
+        if req.safety == OFF or not self.settings.safety.check_summaries:
+            return None
+        check = self.pipeline.check_text(SUMMARY, text)
+        self.store.add_safety(job_id, check.to_dict())
+        hit = blocking([check], req.safety, self.settings.safety.fail_mode)
+        return reason(hit, self.pipeline.safety.categories) if hit else None
 
     def digest_batch(self, batch_id: str) -> str:
         batch, _ = self.store.get_batch(batch_id)
@@ -315,13 +355,29 @@ class JobRunner:
             return FAILED
         try:
             text = self.pipeline.digest(texts, batch.language)
+            withheld = self._check_digest(batch_id, text)
         except Exception as exc:
             if is_permanent(exc):
                 self.store.digest_done(batch_id, None, error=one_line(exc))
                 return FAILED
             raise TransientError(one_line(exc)) from exc
+        if withheld:
+            self.store.digest_done(batch_id, None, error=withheld)
+            return BLOCKED
         self.store.digest_done(batch_id, text)
         return "done"
+
+    def _check_digest(self, batch_id: str, text: str) -> str | None:
+        """The text guard on a batch digest when its jobs' policies ask (the strictest one
+        decides): the reason when it is withheld."""
+        modes = self.store.batch_safety_modes(batch_id) - {OFF}
+        if not modes or not self.settings.safety.check_summaries:
+            return None
+        mode = BLOCK if BLOCK in modes else FLAG
+        check = self.pipeline.check_text(DIGEST, text)
+        log.info("batch %s digest: safety %s %s", batch_id, check.verdict, check.categories)
+        hit = blocking([check], mode, self.settings.safety.fail_mode)
+        return reason(hit, self.pipeline.safety.categories) if hit else None
 
 
 def _request(job: Job) -> TaskRequest:

@@ -23,6 +23,7 @@ from appliance.vocab import (
     BATCH_FINISHED,
     DONE,
     FAILED,
+    OFF,
     PENDING,
     SUCCEEDED,
 )
@@ -159,6 +160,14 @@ class BatchRecords(StoreSession):
                     .order_by(Job.created_at, Job.id)
                 )
             ]
+
+    def batch_safety_modes(self, batch_id: str) -> set[str]:
+        """The safety policies of a batch's succeeded jobs (its digest follows the strictest)."""
+        with self.read() as session:
+            rows = session.scalars(
+                select(Job.params).where(Job.batch_id == batch_id, Job.state == SUCCEEDED)
+            )
+            return {str((params or {}).get("safety") or OFF) for params in rows}
 
     def summary_done(self, job_id: str, text: str | None, error: str | None = None) -> bool:
         with self.write() as session:

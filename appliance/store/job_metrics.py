@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,8 @@ class JobMetrics:
     latency_count: int
     latency_sum: float
     tokens_per_s: dict[str, float]  # worker -> mean over its most recent succeeded jobs
+    # The safety stage: checks by (stage, verdict, category); category "none" when no code.
+    safety: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
 
 def _seconds_to_finish(dialect: str) -> ColumnElement[Any]:
@@ -75,6 +78,13 @@ class MetricsQueries(StoreSession):
                 .order_by(Job.finished_at.desc())
                 .limit(recent_jobs * 8)
             ).all()
+            # Only jobs a policy checked carry checks (a short JSON list each).
+            checked = session.scalars(select(Job.safety).where(Job.safety.is_not(None))).all()
+        verdicts: Counter[tuple[str, str, str]] = Counter()
+        for checks in checked:
+            for c in checks or []:
+                for code in c.get("categories") or ["none"]:
+                    verdicts[(str(c.get("stage")), str(c.get("verdict")), str(code))] += 1
         speeds: dict[str, list[float]] = {}
         for worker, timings in recent:
             value = (timings or {}).get("tokens_per_s")
@@ -88,6 +98,7 @@ class MetricsQueries(StoreSession):
             latency_count=int(total),
             latency_sum=float(total_seconds or 0.0),
             tokens_per_s={w: sum(v) / len(v) for w, v in speeds.items() if v},
+            safety=dict(verdicts),
         )
 
     def finished_since(self, since: datetime) -> list[tuple[datetime, datetime, str]]:

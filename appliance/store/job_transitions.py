@@ -23,6 +23,7 @@ from appliance.store.session import StoreSession, clean_text
 from appliance.store.tables import Batch, Job
 from appliance.vocab import (
     ACTIVE,
+    BLOCKED,
     CANCELLED,
     FAILED,
     INTERACTIVE,
@@ -63,6 +64,7 @@ _SUCCEED = (
         timings=bindparam("p_timings", type_=Job.__table__.c.timings.type),
         pages=bindparam("p_pages"),
         summary_state=bindparam("p_summary_state"),
+        safety=bindparam("p_safety", type_=Job.__table__.c.safety.type),
         error=None,
         error_code=None,
         claim=None,
@@ -188,9 +190,11 @@ class JobTransitions(StoreSession):
         timings: dict[str, Any],
         pages: int,
         summary_state: str | None,
+        safety: list[dict[str, Any]] | None = None,
     ) -> bool:
         """running -> succeeded, only for the current claim holder (exactly one result)."""
         params = {
+            "p_safety": safety or None,
             "p_id": job_id,
             "p_claim": claim,
             "p_result": result,
@@ -239,6 +243,35 @@ class JobTransitions(StoreSession):
             if job is not None:
                 self._event(session, job, FAILED, detail=reason)
             return job is not None
+
+    def block(
+        self, job_id: str, reason: str, claim: str, safety: list[dict[str, Any]], pages: int
+    ) -> bool:
+        """running -> blocked by the safety stage: no result, the checks and the reason kept
+        (the file too); only for the current claim holder."""
+        where = [Job.id == job_id, Job.state == RUNNING, Job.claim == claim]
+        with self.write() as session:
+            job = self._transition(
+                session,
+                where,
+                state=BLOCKED,
+                error=clean_text(reason),
+                error_code="safety",
+                safety=safety,
+                pages=pages,
+                claim=None,
+                finished_at=utcnow(),
+            )
+            if job is not None:
+                self._event(session, job, BLOCKED, detail=reason)
+            return job is not None
+
+    def add_safety(self, job_id: str, check: dict[str, Any]) -> None:
+        """Append one later check (a summary's) to a job's checks."""
+        with self.write() as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                job.safety = [*(job.safety or []), check]
 
     def requeue(
         self,

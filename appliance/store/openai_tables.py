@@ -31,7 +31,8 @@ class OpenAIFile(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=FILE_PROCESSED)
-    # Where the content lies on this box (under `settings.openai_files_dir`).
+    # Where the content lies: a path under `settings.openai_files_dir`, or `s3://...` (by
+    # sha256) in the object store the boxes share.
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -108,8 +108,10 @@ class Job(Base):
     summary: Mapped[str | None] = mapped_column(Text)
     summary_error: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
-    # bad_input | missing_input | poison | timeout | model | gave_up | cancelled
+    # bad_input | missing_input | poison | timeout | model | gave_up | cancelled | safety
     error_code: Mapped[str | None] = mapped_column(String(32))
+    # The safety stage's checks, in order: [{stage, verdict, categories, model, ms, raw}].
+    safety: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class JobEvent(Base):

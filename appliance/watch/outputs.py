@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from appliance.files import atomic_write
+from appliance.safety.verdicts import summary as safety_summary
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder
 from appliance.vocab import CANCELLED
@@ -77,6 +78,7 @@ class Layout:
         self.root = folder.path
         self.done = _under(self.root, folder.done_dir)
         self.failed = _under(self.root, folder.failed_dir)
+        self.blocked = _under(self.root, folder.blocked_dir)
         self.output = Path(folder.output_dir) if folder.output_dir else None
         if self.output is not None and not self.output.is_absolute():
             self.output = self.root / self.output
@@ -85,7 +87,7 @@ class Layout:
     def reserved_dirs(self) -> tuple[str, ...]:
         """Top-level folders inside root that hold results, never inputs."""
         names = []
-        for d in (self.done, self.failed, self.output):
+        for d in (self.done, self.failed, self.blocked, self.output):
             if d is not None and d.parent == self.root:
                 names.append(d.name)
         return tuple(names)
@@ -95,6 +97,9 @@ class Layout:
 
     def failed_dir(self, rel: PurePosixPath) -> Path:
         return self.failed / rel.parent
+
+    def blocked_dir(self, rel: PurePosixPath) -> Path:
+        return self.blocked / rel.parent
 
     def sidecar_dir(self, rel: PurePosixPath) -> Path:
         """Sidecars go to the output folder, else next to where the original ends up."""
@@ -169,6 +174,8 @@ class Outputs:
             "timings": result.get("timings", {}),
             "result": result,
         }
+        if result.get("safety"):  # policy flag: the verdicts beside the result
+            payload["safety"] = safety_summary(result["safety"])
         if duplicate_of is not None:
             payload["duplicate_of"] = duplicate_of
         # JSON first: the .txt appearing is the "done" signal people script against.
@@ -185,6 +192,23 @@ class Outputs:
             f"{c.rel.as_posix()}: {reason}\n\njob: {view.id or '-'}\nstate: {view.state}\n"
             f"sha256: {c.sha256}\nat: {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
         )
+        return final, reason
+
+    def blocked(self, c: Claim, view: JobView) -> tuple[Path, str]:
+        """The safety stage withheld it: the original goes to `blocked/` with `NAME.json`
+        (the verdicts) and `NAME.error.txt` (the reason); no result is written."""
+        reason = view.error or "blocked by the safety check"
+        final = self.final_path(c, self.layout.blocked_dir(c.rel))
+        payload = {
+            "file": final.name,
+            "source": {"path": c.rel.as_posix(), "sha256": c.sha256, "size": c.size},
+            "job_id": view.id,
+            "state": view.state,
+            "error": reason,
+            "safety": safety_summary(view.safety),
+        }
+        atomic_write(final.parent / f"{final.name}.json", json.dumps(payload, indent=2))
+        atomic_write(error_note(final), f"{c.rel.as_posix()}: {reason}\n\njob: {view.id}\n")
         return final, reason
 
     def final_path(self, c: Claim, directory: Path) -> Path:

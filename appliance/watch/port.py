@@ -16,9 +16,10 @@ from appliance.vocab import TERMINAL
 @dataclass
 class JobView:
     id: str
-    state: str  # queued | running | succeeded | failed | cancelled
+    state: str  # queued | running | succeeded | failed | cancelled | blocked
     result: dict[str, Any] | None = None  # AnalysisResult.model_dump() for analysis jobs
     error: str | None = None
+    safety: list[dict[str, Any]] | None = None  # the safety stage's checks
 
     @property
     def terminal(self) -> bool:

@@ -44,7 +44,10 @@ class ServiceJobs:
     def get_many(self, job_ids: list[str]) -> dict[str, JobView]:
         # A burst leaves hundreds of jobs outstanding: one bulk read, not a `get` per job.
         jobs = self.service.get_many(job_ids)
-        return {i: JobView(i, j.state, result=j.result, error=j.error) for i, j in jobs.items()}
+        return {
+            i: JobView(i, j.state, result=j.result, error=j.error, safety=j.safety)
+            for i, j in jobs.items()
+        }
 
     def open_batch(self, *, label: str, language: str, digest: bool) -> str:
         # Deterministic id from the label (folder + local batch id): a crash between opening

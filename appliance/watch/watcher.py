@@ -22,7 +22,7 @@ from typing import Any
 from appliance.errors import ApplianceError
 from appliance.schema import TaskRequest
 from appliance.settings import DropFolder, Settings
-from appliance.vocab import FAILED, SUCCEEDED
+from appliance.vocab import BLOCKED, FAILED, SUCCEEDED
 from appliance.watch.claims import Claim, FolderBusy, FolderLock, load_claims
 from appliance.watch.dedupe import Dedupe
 from appliance.watch.digests import Digests
@@ -46,6 +46,7 @@ def folder_request(folder: DropFolder) -> TaskRequest:
         fields=folder.fields,
         language=folder.language,
         summarize=folder.summarize,
+        safety=folder.safety,
     )
 
 
@@ -215,7 +216,10 @@ class FolderWatcher:
             log.warning("claimed file %s vanished; dropping its claim", c.path)
             self._done_with(c)
             return
-        if view.state == SUCCEEDED and view.result is not None:
+        if view.state == BLOCKED:
+            final, reason = self.outputs.blocked(c, view)
+            entry = {"file": final.name, "error": reason}
+        elif view.state == SUCCEEDED and view.result is not None:
             final, text = self.outputs.succeeded(c, view.id, view.result)
             self.dedupe.succeeded(c, view.id, self.outputs.sidecar(c, final))
             entry = {"file": final.name, "text": text}

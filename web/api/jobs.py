@@ -12,8 +12,10 @@ from flask_smorest.fields import Upload
 from werkzeug.datastructures import FileStorage
 
 from appliance import intake
+from appliance.safety import mode_for
+from appliance.safety.verdicts import summary as safety_summary
 from appliance.schema import LANGUAGES, MAX_PROMPT_CHARS, TASKS, request_from_fields
-from appliance.vocab import INTERACTIVE, PRIORITIES, SOURCES, STATES, SUCCEEDED
+from appliance.vocab import BLOCKED, INTERACTIVE, PRIORITIES, SOURCES, STATES, SUCCEEDED
 from web.api import Blueprint, jobview, results
 from web.problems import Problem
 from web.services import services
@@ -85,6 +87,13 @@ class JobSchema(ma.Schema):
     started_at = ma.fields.String(allow_none=True)
     finished_at = ma.fields.String(allow_none=True)
     input_purged = ma.fields.Boolean()
+    safety = ma.fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "the safety stage's verdict: stage, verdict (safe | unsafe | "
+            "unparsable), categories, model, ms of the deciding check, and every check"
+        },
+    )
 
 
 class SubmittedSchema(ma.Schema):
@@ -151,6 +160,7 @@ class Jobs(MethodView):
         if len(uploads) > svc.settings.api.max_files:
             raise Problem(413, f"at most {svc.settings.api.max_files} files per request")
         task = request_from_fields(form)  # an InvalidRequest is a 422 problem
+        task.safety = mode_for(svc.settings, "api", g.principal.name)
         key = _idempotency_key()
         jobview.check_queue_capacity(svc, len(uploads))
         # Read and check every file first: one bad file rejects the request before any job exists.
@@ -227,6 +237,10 @@ class Result(MethodView):
         """The result of a succeeded job (`?format=json|txt|md|csv`)."""
         jobs = services().jobs
         job = jobview.get_or_404(jobs, job_id)
+        if job.state == BLOCKED:
+            # Withheld by the safety stage: a client error about this content, not a retry.
+            raise Problem(451, f"job {job_id} was blocked: {job.error}", state=BLOCKED,
+                          safety=safety_summary(job.safety))  # fmt: skip
         reason = jobview.failure(job)
         if reason is not None:
             raise Problem(409, f"job {job_id} has no result: {reason}")

@@ -24,6 +24,7 @@ from flask_smorest import Blueprint
 from appliance.errors import JobNotFound
 from appliance.openai import completion
 from appliance.registry import MANIFEST
+from appliance.safety import mode_for
 from appliance.vocab import INTERACTIVE
 from web import sse
 from web.api import jobview
@@ -141,6 +142,7 @@ class ChatCompletions(MethodView):
         call = read_chat(body, settings)
         jobview.check_queue_capacity(svc, max(1, len(call.images)))
         owner = getattr(g, "principal", None)
+        call.request.safety = mode_for(settings, "openai", owner.name if owner else None)
         done = svc.jobs.submit_chat(
             call.images,
             call.request,

@@ -117,12 +117,22 @@ def _setup(app: Flask) -> None:
         exempt_blueprint(app, home.name)
     app.config.setdefault("HTML_LOGIN_ENDPOINT", "panel.login")
     app.context_processor(_demo_banner)
+    app.add_template_filter(_safety_badge, "safety_badge")
 
 
 def _favicon() -> Any:
     return send_from_directory(
         bp.static_folder or "", "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400
     )
+
+
+def _safety_badge(job: Any) -> str | None:
+    """The badge text of a job the safety stage flagged or blocked (None: nothing found)."""
+    from appliance.safety.template import DEFAULT_CATEGORIES
+    from appliance.safety.verdicts import badge
+
+    site = current_app.extensions["appliance"].settings.safety.categories
+    return badge(getattr(job, "safety", None), {**DEFAULT_CATEGORIES, **site})
 
 
 def _demo_banner() -> dict[str, Any]:

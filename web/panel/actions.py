@@ -19,6 +19,7 @@ from appliance.errors import (
     InvalidRequest,
     JobStateConflict,
 )
+from appliance.safety import mode_for
 from appliance.schema import request_from_fields
 from appliance.vocab import (
     ACTIVE,
@@ -78,6 +79,7 @@ def upload() -> Response:
         return _reject(422, "no file in the request")
     try:
         task = request_from_fields({k: request.form.get(k) for k in _FORM_FIELDS})
+        task.safety = mode_for(settings(), "panel")
         data, name, checked = checked_upload(storage, settings().limits, status=422)
         batch_id = _scoped_id("batch", request.form.get("batch", ""))
         key = _scoped_id("upload", request.form.get("key", ""))
