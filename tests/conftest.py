@@ -204,6 +204,7 @@ def api_worker_stack(
 # running it beside the rest nearly halves the suite's wall time on two cores.
 LONGEST_FIRST = (
     "test_provisioning.py",
+    "test_provisioning_head.py",
     "test_queue_workers.py",
     "test_watch_e2e.py",
     "test_scaleout.py",
@@ -217,5 +218,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(str(item.path.relative_to(config.rootpath))))
+        # The provisioning modules share one bundle and applied root: one unit of work.
+        group = str(item.path.relative_to(config.rootpath))
+        if item.path.name.startswith("test_provisioning"):
+            group = "provisioning"
+        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
