@@ -197,11 +197,11 @@ def api_worker_stack(
         yield s
 
 
-# `make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Each test module is
-# one unit of work, so module fixtures (a booted container, a worker stack) are built once; the
-# longest modules start first, so the two workers end together. The provisioning module alone
-# takes ~10 minutes, most of it waiting on dpkg, ansible and booting containers, which is why
-# running it beside the rest nearly halves the suite's wall time on two cores.
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadgroup`). Each test module
+# is one unit of work (modules that share an expensive session fixture are one unit together),
+# so fixtures are built once; the longest units start first, so the two workers end together.
+# The provisioning modules alone take ~10 minutes, most of it waiting on dpkg, ansible and
+# booting containers: running them beside the rest nearly halves the suite's wall time.
 LONGEST_FIRST = (
     "test_provisioning.py",
     "test_provisioning_head.py",
@@ -210,6 +210,13 @@ LONGEST_FIRST = (
     "test_scaleout.py",
     "test_up.py",
 )
+# Modules sharing a session fixture: the bundle and applied roots, the API's worker stack.
+SHARED_UNITS = {
+    "test_provisioning.py": "provisioning",
+    "test_provisioning_head.py": "provisioning",
+    "test_api_worker.py": "api-worker-stack",
+    "test_safety_worker.py": "api-worker-stack",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -218,9 +225,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     for item in items:
-        # The provisioning modules share one bundle and applied root: one unit of work.
-        group = str(item.path.relative_to(config.rootpath))
-        if item.path.name.startswith("test_provisioning"):
-            group = "provisioning"
-        item.add_marker(pytest.mark.xdist_group(group))
+        unit = SHARED_UNITS.get(item.path.name, str(item.path.relative_to(config.rootpath)))
+        item.add_marker(pytest.mark.xdist_group(unit))
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
