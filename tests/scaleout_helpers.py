@@ -58,6 +58,9 @@ class SeaweedFS:
             WEED, "server", f"-dir={self.home}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", "-master.volumeSizeLimitMB=64",
+            # Its Iceberg and Lance catalogs listen on fixed ports (8181, 9101) by default:
+            # off, or a second store on this machine fails to start ("address already in use").
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         if self.credentials is not None:
             access, secret = self.credentials
