@@ -211,8 +211,8 @@ class Queue(BaseModel):
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 120.0
     # Continuous batching: a worker's in-flight batch holds up to batch_size rows (pages or
-    # chats, any generation parameters); while rows are free it looks for queued jobs every
-    # batch_wait_ms. continuous=False emulates static batching (rows join only an empty
+    # chats, any generation parameters); a row that leaves is refilled from the queue at
+    # once, and while rows stay free it looks again every batch_wait_ms. continuous=False emulates static batching (rows join only an empty
     # batch), for benchmarks. A row joins only if the batch's KV and cross-attention memory
     # stays within the budget: batch_memory_mb on a CPU, gpu_memory_fraction of the GPU
     # memory free after the model loaded on a GPU.

@@ -300,9 +300,6 @@ def test_in_flight_batch_takes_interactive_first_and_jobs_that_arrive_while_it_r
     """Free rows go to interactive jobs before bulk ones, and a job queued while the batch
     decodes joins it (any generation parameters) instead of waiting for the batch to end."""
     service.settings.queue.batch_size = 2
-    # Look for queued jobs at every step, not every 50 ms: on a fast step a free row would
-    # otherwise wait several steps, and the 40-token row could end before `late` joins it.
-    service.settings.queue.batch_wait_ms = 0
     long = TaskRequest(task="caption", max_new_tokens=40)
     bulk = [service.submit(png_bytes(20 + i), f"b{i}.png", long, source="folder") for i in range(3)]
     panel = [
@@ -324,6 +321,27 @@ def test_in_flight_batch_takes_interactive_first_and_jobs_that_arrive_while_it_r
     started = {i: j.started_at for i, j in done.items()}  # type: ignore[union-attr]
     assert max(started[p.id] for p in panel) <= min(started[b.id] for b in bulk[1:])
     assert done[late[0].id].timings["batch_size"] == 2  # type: ignore[union-attr,index]
+
+
+def test_a_row_that_leaves_is_refilled_at_the_next_step_not_the_next_poll(
+    service: JobService, pipeline: Any
+) -> None:
+    """A freed row takes the next queued job at once. With the periodic poll alone (here once
+    a minute) the short jobs would wait for the long row to end."""
+    service.settings.queue.batch_size = 2
+    service.settings.queue.batch_wait_ms = 60_000
+    long = TaskRequest(task="caption", max_new_tokens=48)
+    first = service.submit(png_bytes(50), "long.png", long, source="folder")
+    short = [service.submit(png_bytes(51 + i), f"s{i}.png", CAPTION, source="folder")
+             for i in range(3)]  # fmt: skip
+    assert runner_for(service, pipeline).run_job(first.id) == "succeeded"
+    done = service.get_many([first.id, *(j.id for j in short)])
+    assert all(j.state == "succeeded" for j in done.values())
+    ended = done[first.id].finished_at
+    assert ended is not None
+    # Each short job started (and ended) while the long row was still decoding.
+    assert all(done[j.id].started_at < ended for j in short)  # type: ignore[operator]
+    assert all(done[j.id].timings["batch_size"] == 2 for j in short)  # type: ignore[index]
 
 
 def test_transient_error_requeues_with_backoff_then_gives_up(

@@ -2,7 +2,8 @@
 
 A `run_job` message starts the loop with its job. While the batch has free rows, the loop
 claims more queued first-attempt jobs from the store (interactive ones first, any generation
-parameters: each row samples on its own), every `queue.batch_wait_ms`; their own messages later
+parameters: each row samples on its own): at once when a row leaves, else every
+`queue.batch_wait_ms`; their own messages later
 find them running or done and are skipped (`acks_late` stays: a SIGKILL leaves the message
 unacked, and the restarted worker's reconciler re-queues every job it was running, once).
 A job's pages are rows; they join as rows free up, interactive rows ahead of bulk ones. A job
@@ -110,10 +111,13 @@ class JobLoop:
     def run(self) -> str:
         self._join([self.primary])
         next_poll = 0.0  # look for companions at once: the first step takes them too
+        freed = False  # a row left in the last step
         while True:
             self._drop_stopped()
             now = time.monotonic()
-            if now >= next_poll or not self.batch.busy:
+            # A row that just left is refilled at once: waiting for the next poll left it
+            # empty for half a poll interval on average (~10 steps of a tiny model).
+            if freed or now >= next_poll or not self.batch.busy:
                 next_poll = now + self.q.batch_wait_ms / 1000
                 self._join(self._claim_more())
             if not self.batch.busy:
@@ -126,6 +130,7 @@ class JobLoop:
                 continue
             finally:
                 self.runner.watchdog.disarm()
+            freed = bool(finished)
             for done in finished:
                 self._row_done(done)
             self._write_ended()
