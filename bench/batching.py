@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 
 from appliance.schema import TaskRequest  # noqa: E402
 from appliance.settings import load_settings  # noqa: E402
-from tests.queue_helpers import RedisServer, WorkerProcess, wait_for  # noqa: E402
+from tests.queue_helpers import RedisServer, WorkerProcess, models_or_tiny, wait_for, worker_env  # noqa: E402
 from workers.gpus import cpu_threads_per_worker  # noqa: E402
 
 SHORT = (8, 16, 24)
@@ -140,32 +140,20 @@ def main() -> None:
     out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp_name:
         tmp = Path(tmp_name)
-        models = args.models
-        if models is None:
-            from appliance.build.tiny import make_tiny
-
-            models = tmp / "models"
-            print("building tiny models ...", file=sys.stderr)
-            make_tiny(models)
+        models = models_or_tiny(args.models, tmp)
         redis = RedisServer(tmp / "redis").start()
         log = tmp / "worker.log"
         try:
             for round_, mode in itertools.product(range(args.rounds), ("static", "continuous")):
-                data = tmp / f"data-{mode}-{round_}"  # a fresh store per run
-                env = {
-                    **os.environ,
-                    "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
-                    "APPLIANCE_DATA_DIR": str(data),
-                    "APPLIANCE_MODELS_DIR": str(models),
-                    "APPLIANCE_REDIS_URL": redis.url,
-                    "APPLIANCE_DEVICE": "cpu",
-                    "APPLIANCE_CPU_THREADS": str(threads),
-                    "APPLIANCE_QUEUE__BATCH_SIZE": "4",
-                    "APPLIANCE_QUEUE__CONTINUOUS": str(mode == "continuous").lower(),
-                    "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1",
-                    "PYTHONPATH": str(REPO),
-                }
+                env = worker_env(
+                    tmp,
+                    models,
+                    redis.url,
+                    APPLIANCE_DATA_DIR=str(tmp / f"data-{mode}-{round_}"),  # a fresh store
+                    APPLIANCE_CPU_THREADS=str(threads),
+                    APPLIANCE_QUEUE__BATCH_SIZE="4",
+                    APPLIANCE_QUEUE__CONTINUOUS=str(mode == "continuous").lower(),
+                )
                 os.environ.update({k: v for k, v in env.items() if k.startswith("APPLIANCE_")})
                 got = run_mode(env, load_settings(), plan, log)
                 print(f"{mode:10s} {got}", file=sys.stderr)

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from appliance.jobs import JobInfo  # noqa: E402
 from appliance.schema import TaskRequest  # noqa: E402
 from appliance.settings import load_settings  # noqa: E402
-from tests.queue_helpers import RedisServer, WorkerProcess, wait_for  # noqa: E402
+from tests.queue_helpers import RedisServer, WorkerProcess, models_or_tiny, wait_for, worker_env  # noqa: E402
 from workers.gpus import cpu_threads_per_worker  # noqa: E402
 
 
@@ -169,31 +169,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp_name:
         tmp = Path(tmp_name)
-        models = args.models
-        if models is None:
-            from appliance.build.tiny import make_tiny
-
-            models = tmp / "models"
-            print("building tiny models ...", file=sys.stderr)
-            make_tiny(models)
-            guards = steer_safe(models)
-        else:
-            guards = {}
+        models = models_or_tiny(args.models, tmp)
+        guards = steer_safe(models) if args.models is None else {}
         redis = RedisServer(tmp / "redis").start()
         log = tmp / "worker.log"
         try:
-            env = {
-                **os.environ,
-                "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
-                "APPLIANCE_DATA_DIR": str(tmp / "data"),
-                "APPLIANCE_MODELS_DIR": str(models),
-                "APPLIANCE_REDIS_URL": redis.url,
-                "APPLIANCE_DEVICE": "cpu",
-                "APPLIANCE_CPU_THREADS": str(threads),
-                "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1",
-                "PYTHONPATH": str(REPO),
-            }
+            env = worker_env(tmp, models, redis.url, APPLIANCE_CPU_THREADS=str(threads))
             os.environ.update({k: v for k, v in env.items() if k.startswith("APPLIANCE_")})
             settings = load_settings()
             settings.safety.check = args.safety_check

@@ -131,6 +131,35 @@ def drop_pg_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def models_or_tiny(models: Path | None, tmp: Path) -> Path:
+    """`models`, or tiny random-weight models (what `appliance models make-tiny` builds)
+    built under `tmp`."""
+    if models is not None:
+        return models
+    from appliance.build.tiny import make_tiny
+
+    print("building tiny models ...", file=sys.stderr)
+    make_tiny(tmp / "models")
+    return tmp / "models"
+
+
+def worker_env(tmp: Path, models: Path, redis_url: str, **more: str) -> dict[str, str]:
+    """The environment of an `appliance worker` on a private store under `tmp` (no config
+    file, the models offline, on the CPU, the given Redis); `more` adds or overrides."""
+    return {
+        **os.environ,
+        "APPLIANCE_CONFIG_FILE": str(tmp / "none.toml"),
+        "APPLIANCE_DATA_DIR": str(tmp / "data"),
+        "APPLIANCE_MODELS_DIR": str(models),
+        "APPLIANCE_REDIS_URL": redis_url,
+        "APPLIANCE_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        **more,
+    }
+
+
 def png_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
     image = Image.new("RGB", size, ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256))
     out = io.BytesIO()
