@@ -13,7 +13,9 @@
    guard's usual two-token answer) by their weights.
 
 Rounds alternate engine and queue so that both see the same background load; the best round
-of each counts (a shared 2-core dev box is noisy).
+of each counts (a shared 2-core dev box is noisy). Ten by default: on a box whose speed swings
+by ±20 % over seconds, the best of five rounds gave ratios from 0.71 to 1.0 between runs of the
+same commit; noise only ever slows a round, so more rounds bring both bests nearer the truth.
 
 Both sides run the model with the same CPU threads: what `appliance worker` gives its one
 worker on this machine (`cpu_threads_per_worker`), unless `--cpu-threads` says otherwise.
@@ -159,7 +161,7 @@ def main() -> None:
     # ~4 ms per job (claim and result transactions ~1 ms, Celery's ack and fetch ~1 ms, Redis
     # events) would show as ~0.8 at 16 tokens; on the 11B model it is well under 1 %.
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=5, help="Timed rounds; the best counts.")
+    parser.add_argument("--rounds", type=int, default=10, help="Timed rounds; the best counts.")
     parser.add_argument(
         "--cpu-threads", type=int, default=0, help="Model threads (0: a worker's share)."
     )

@@ -157,9 +157,11 @@ class WorkerRuntime:
         next_purge = time.monotonic() + 60
         last_beat = 0.0
         while not self._stop.is_set():
-            # Beat every heartbeat_s, and soon (at most 4 times a second) after a change.
+            # Beat every heartbeat_s, and soon (at most once a second) after a change. A beat
+            # (a store write and a read) takes the GIL from the model thread for ~3 ms: four
+            # a second, while short jobs came and went, cost ~1 % of the tiny model's pace.
             runner.changed.wait(q.heartbeat_s)
-            self._stop.wait(max(0.0, last_beat + 0.25 - time.monotonic()))
+            self._stop.wait(max(0.0, last_beat + 1.0 - time.monotonic()))
             if self._stop.is_set():
                 break
             runner.changed.clear()

@@ -54,6 +54,26 @@ _CLAIM = (
 )
 
 
+# Queued first-attempt jobs a running batch may take, interactive first (`claim_companions`);
+# `_COMPANIONS_LIKE` only those with the primary's generation parameters.
+_COMPANION_WHERE = (
+    Job.state == QUEUED,
+    Job.attempts == 0,
+    Job.run_alone.is_(False),
+    Job.id != bindparam("p_id"),
+    or_(Job.not_before.is_(None), Job.not_before <= bindparam("p_now")),
+)
+_COMPANION_ORDER = (case((Job.priority == INTERACTIVE, 0), else_=1), Job.created_at)
+_COMPANIONS = (
+    select(Job.id).where(*_COMPANION_WHERE).order_by(*_COMPANION_ORDER).limit(bindparam("p_limit"))
+)
+_COMPANIONS_LIKE = (
+    select(Job.id)
+    .where(*_COMPANION_WHERE, Job.compat_key == bindparam("p_compat"))
+    .order_by(*_COMPANION_ORDER)
+    .limit(bindparam("p_limit"))
+)
+
 _SUCCEED = (
     update(Job)
     .where(Job.id == bindparam("p_id"), Job.state == RUNNING, Job.claim == bindparam("p_claim"))
@@ -163,23 +183,12 @@ class JobTransitions(StoreSession):
         `same_params`, only those with the primary's generation parameters."""
         if limit <= 0:
             return []
-        now = utcnow()
-        where = [
-            Job.state == QUEUED,
-            Job.attempts == 0,
-            Job.run_alone.is_(False),
-            Job.id != primary.id,
-            or_(Job.not_before.is_(None), Job.not_before <= now),
-        ]
+        look = _COMPANIONS_LIKE if same_params else _COMPANIONS
+        params = {"p_id": primary.id, "p_now": utcnow(), "p_limit": limit}
         if same_params:
-            where.append(Job.compat_key == primary.compat_key)
+            params["p_compat"] = primary.compat_key
         with self.read() as session:  # a cheap look first: most polls find nothing
-            ids = session.scalars(
-                select(Job.id)
-                .where(*where)
-                .order_by(case((Job.priority == INTERACTIVE, 0), else_=1), Job.created_at)
-                .limit(limit)
-            ).all()
+            ids = session.scalars(look, params).all()
         if not ids:
             return []
         with self.write() as session:
